@@ -1,0 +1,120 @@
+"""Paired activation streaming: base and finetuned activations over a corpus, batch by batch.
+
+Each batch runs the base pass then the finetuned pass over the same ``(B, k)`` token window,
+stopping each forward right after the deepest requested layer (no LM head).  Consumers fold the
+batches into streaming accumulators (:mod:`difflens.stats`), so memory is O(B·k·d), never N·k·d.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from difflens.data.tokenize import check_k, first_k_tokens
+from difflens.models.hooks import capture, run_forward
+from difflens.models.pair import BASE, FT
+from difflens.stats import DiffMoments, Moments
+
+if TYPE_CHECKING:
+    from difflens.models.pair import ModelPair
+
+
+@dataclass
+class PairedBatch:
+    """One batch of paired activations.
+
+    ``tokens``: ``(B, T)``; ``base[layer]``, ``ft[layer]``: ``(B, T, d)`` float32 on the model's
+    device.
+    """
+
+    tokens: torch.Tensor
+    base: dict[int, torch.Tensor]
+    ft: dict[int, torch.Tensor]
+
+
+def layer_activations(
+    pair: ModelPair, side: str, tokens: torch.Tensor, layers: list[int],
+    attention_mask: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor]:
+    """Residual outputs of ``layers`` for one side: ``layer -> (B, T, d)``, float32."""
+    with pair.use(side) as (model, arch), capture(arch, layers) as store, torch.inference_mode():
+        inputs = {"input_ids": tokens.to(pair.device)}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(pair.device)
+        run_forward(model, **inputs)
+    return {layer: act.float() for layer, act in store.items()}
+
+
+def paired_activations(
+    pair: ModelPair,
+    tokens: torch.Tensor,
+    layers: list[int],
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "collecting activations",
+) -> Iterator[PairedBatch]:
+    """Stream base and finetuned activations of ``tokens`` (``(N, T)``, no padding)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tokens.shape[0], desc=desc, unit="text", disable=not progress or None)
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = tokens[start : start + batch_size]
+            base = layer_activations(pair, BASE, batch, layers)
+            ft = layer_activations(pair, FT, batch, layers)
+            bar.update(batch.shape[0])
+            yield PairedBatch(batch, base, ft)
+    finally:
+        bar.close()
+
+
+def collect_mean_diff(
+    pair: ModelPair,
+    texts: list[str],
+    layers: list[int | float],
+    k: int = 5,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> DiffMoments:
+    """Per-layer, per-position moments of h_ft − h_base over the first ``k`` tokens of texts.
+
+    Returns a :class:`DiffMoments` whose ``mean_diff(layer)`` is δ̄ of shape ``(k, d)``.
+    """
+    check_k(k)
+    resolved = pair.resolve_layers(layers)
+    tokens = first_k_tokens(pair.tokenizer, texts, k)
+    stats = DiffMoments(resolved, k, pair.arch(FT).hidden_size)
+    for batch in paired_activations(pair, tokens, resolved, batch_size, progress):
+        for layer in resolved:
+            stats.update(layer, batch.base[layer], batch.ft[layer])
+    return stats
+
+
+def collect_norms(
+    pair: ModelPair,
+    texts: list[str],
+    layers: list[int | float],
+    start: int = 5,
+    length: int = 32,
+    max_texts: int = 256,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, dict[int, float]]:
+    """Mean activation norm ν per side and layer over positions ``start..length-1``.
+
+    Positions < ``start`` are skipped because BOS and the first tokens have atypical norms; the
+    result calibrates steering strengths (``side -> layer -> ν``).
+    """
+    resolved = pair.resolve_layers(layers)
+    tokens = first_k_tokens(pair.tokenizer, texts[: max_texts * 2], length)[:max_texts]
+    moments = {side: {layer: Moments(()) for layer in resolved} for side in (BASE, FT)}
+    for batch in paired_activations(pair, tokens, resolved, batch_size, progress,
+                                    desc="activation norms"):
+        for layer in resolved:
+            for side, acts in ((BASE, batch.base), (FT, batch.ft)):
+                moments[side][layer].update(acts[layer][:, start:].norm(dim=-1).reshape(-1))
+    return {side: {layer: float(m.mean) for layer, m in per.items()}
+            for side, per in moments.items()}

@@ -1,0 +1,1 @@
+"""Corpora, chat formatting and tokenisation."""

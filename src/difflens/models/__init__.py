@@ -1,0 +1,1 @@
+"""Model pairs, architecture access and hooks."""

@@ -1,0 +1,118 @@
+"""Streaming first and second moments, mergeable (Chan et al. parallel update).
+
+Sums are kept in float64: a mean over 10^5 fp32 activations accumulated in fp32 loses digits,
+and the accumulators are tiny (k × d per layer), so precision is free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Moments:
+    """Running mean and elementwise second central moment of vectors of shape ``shape``.
+
+    ``update(x)`` takes ``(N, *shape)``; nothing of size N is kept.
+    """
+
+    shape: tuple[int, ...]
+    count: int = 0
+    mean: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    m2: torch.Tensor = field(default=None)  # type: ignore[assignment]  # Σ (x - mean)^2
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            self.mean = torch.zeros(self.shape, dtype=torch.float64)
+        if self.m2 is None:
+            self.m2 = torch.zeros(self.shape, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch ``x`` of shape ``(N, *shape)``."""
+        x = x.detach().to(device="cpu", dtype=torch.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean = x.mean(dim=0)
+        batch_m2 = ((x - batch_mean) ** 2).sum(dim=0)
+        self._combine(n, batch_mean, batch_m2)
+
+    def merge(self, other: Moments) -> Moments:
+        """Fold ``other`` (same shape) into this accumulator; returns self."""
+        if other.shape != self.shape:
+            raise ValueError(f"cannot merge moments of shape {other.shape} into {self.shape}")
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+        return self
+
+    def _combine(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance (elementwise)."""
+        return self.m2 / max(self.count, 1)
+
+    @property
+    def second_moment(self) -> torch.Tensor:
+        """E[x²] elementwise."""
+        return self.variance + self.mean**2
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+
+@dataclass
+class DiffMoments:
+    """Per-layer, per-position statistics of a paired activation stream.
+
+    For each layer: moments of δ = h_ft − h_base (shape ``(k, d)``) and moments of the norms
+    ‖h_base‖, ‖h_ft‖ and ‖δ‖ (shape ``(k,)``).
+    """
+
+    layers: list[int]
+    k: int
+    d: int
+    diff: dict[int, Moments] = field(default_factory=dict)
+    norms: dict[str, dict[int, Moments]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for layer in self.layers:
+            self.diff.setdefault(layer, Moments((self.k, self.d)))
+            for side in ("base", "ft", "diff"):
+                self.norms.setdefault(side, {}).setdefault(layer, Moments((self.k,)))
+
+    def update(self, layer: int, h_base: torch.Tensor, h_ft: torch.Tensor) -> None:
+        """Add a batch at ``layer``: ``h_base``, ``h_ft`` of shape ``(B, k, d)``."""
+        h_base = h_base.detach().to("cpu", torch.float64)
+        h_ft = h_ft.detach().to("cpu", torch.float64)
+        delta = h_ft - h_base
+        self.diff[layer].update(delta)
+        self.norms["base"][layer].update(h_base.norm(dim=-1))
+        self.norms["ft"][layer].update(h_ft.norm(dim=-1))
+        self.norms["diff"][layer].update(delta.norm(dim=-1))
+
+    def merge(self, other: DiffMoments) -> DiffMoments:
+        """Fold another accumulator over the same layers/k/d into this one; returns self."""
+        if (other.layers, other.k, other.d) != (self.layers, self.k, self.d):
+            raise ValueError("cannot merge DiffMoments over different layers, k or d")
+        for layer in self.layers:
+            self.diff[layer].merge(other.diff[layer])
+            for side in self.norms:
+                self.norms[side][layer].merge(other.norms[side][layer])
+        return self
+
+    @property
+    def count(self) -> int:
+        return self.diff[self.layers[0]].count if self.layers else 0
+
+    def mean_diff(self, layer: int) -> torch.Tensor:
+        """δ̄ at ``layer``: ``(k, d)`` float32."""
+        return self.diff[layer].mean.float()
