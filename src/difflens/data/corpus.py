@@ -109,6 +109,8 @@ def _read_text(path: Path) -> str:
         raise DifflensError(
             f"{path} is not valid UTF-8 (byte {exc.start}); re-encode it as UTF-8"
         ) from None
+    except OSError as exc:
+        raise DifflensError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
 
 
 def _read_jsonl(path: Path) -> list[Any]:

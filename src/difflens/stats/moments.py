@@ -73,8 +73,9 @@ class Moments:
 class DiffMoments:
     """Per-layer, per-position statistics of a paired activation stream.
 
-    For each layer: moments of δ = h_ft − h_base (shape ``(k, d)``) and moments of the norms
-    ‖h_base‖, ‖h_ft‖ and ‖δ‖ (shape ``(k,)``).
+    For each layer: moments of δ = h_ft − h_base (shape ``(k, d)``), the mean activation of each
+    model (``(k, d)``, the logit-lens baselines) and moments of the norms ‖h_base‖, ‖h_ft‖ and
+    ‖δ‖ (shape ``(k,)``).
     """
 
     layers: list[int]
@@ -82,10 +83,14 @@ class DiffMoments:
     d: int
     diff: dict[int, Moments] = field(default_factory=dict)
     norms: dict[str, dict[int, Moments]] = field(default_factory=dict)
+    means: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # Σ h per side
 
     def __post_init__(self) -> None:
         for layer in self.layers:
             self.diff.setdefault(layer, Moments((self.k, self.d)))
+            for side in ("base", "ft"):
+                self.means.setdefault(side, {}).setdefault(
+                    layer, torch.zeros(self.k, self.d, dtype=torch.float64))
             for side in ("base", "ft", "diff"):
                 self.norms.setdefault(side, {}).setdefault(layer, Moments((self.k,)))
 
@@ -95,6 +100,8 @@ class DiffMoments:
         h_ft = h_ft.detach().to("cpu", torch.float64)
         delta = h_ft - h_base
         self.diff[layer].update(delta)
+        self.means["base"][layer] += h_base.sum(0)
+        self.means["ft"][layer] += h_ft.sum(0)
         self.norms["base"][layer].update(h_base.norm(dim=-1))
         self.norms["ft"][layer].update(h_ft.norm(dim=-1))
         self.norms["diff"][layer].update(delta.norm(dim=-1))
@@ -105,6 +112,8 @@ class DiffMoments:
             raise ValueError("cannot merge DiffMoments over different layers, k or d")
         for layer in self.layers:
             self.diff[layer].merge(other.diff[layer])
+            for side in self.means:
+                self.means[side][layer] += other.means[side][layer]
             for side in self.norms:
                 self.norms[side][layer].merge(other.norms[side][layer])
         return self
@@ -116,3 +125,39 @@ class DiffMoments:
     def mean_diff(self, layer: int) -> torch.Tensor:
         """δ̄ at ``layer``: ``(k, d)`` float32."""
         return self.diff[layer].mean.float()
+
+    def mean_activation(self, side: str, layer: int) -> torch.Tensor:
+        """Mean activation of one model (``"base"``/``"ft"``) at ``layer``: ``(k, d)``."""
+        return (self.means[side][layer] / max(self.count, 1)).float()
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Flatten to ``(tensors, metadata)`` for a safetensors file."""
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            tensors[f"diff.mean.{layer}"] = self.diff[layer].mean
+            tensors[f"diff.m2.{layer}"] = self.diff[layer].m2
+            for side in self.means:
+                tensors[f"sum.{side}.{layer}"] = self.means[side][layer]
+            for side, per in self.norms.items():
+                tensors[f"norm.{side}.mean.{layer}"] = per[layer].mean
+                tensors[f"norm.{side}.m2.{layer}"] = per[layer].m2
+        meta = {"layers": ",".join(map(str, self.layers)), "k": str(self.k), "d": str(self.d),
+                "count": str(self.count)}
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> DiffMoments:
+        """Inverse of :meth:`to_tensors`."""
+        layers = [int(x) for x in meta["layers"].split(",")]
+        out = cls(layers, int(meta["k"]), int(meta["d"]))
+        count = int(meta["count"])
+        for layer in layers:
+            out.diff[layer] = Moments((out.k, out.d), count, tensors[f"diff.mean.{layer}"],
+                                      tensors[f"diff.m2.{layer}"])
+            for side in out.means:
+                out.means[side][layer] = tensors[f"sum.{side}.{layer}"]
+            for side in out.norms:
+                out.norms[side][layer] = Moments((out.k,), count,
+                                                 tensors[f"norm.{side}.mean.{layer}"],
+                                                 tensors[f"norm.{side}.m2.{layer}"])
+        return out

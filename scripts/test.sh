@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the test dependencies (torch==2.13.0 first when absent) into .venv and run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+if ! python -c "import torch" >/dev/null 2>&1; then
+  python -m pip install -q torch==2.13.0
+fi
+python -m pip install -q -e ".[dev]"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ruff check src tests benchmarks
+python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""Run directories and typed, versioned artifacts (JSON metadata + safetensors tensors)."""

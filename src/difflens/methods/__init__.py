@@ -1,0 +1,1 @@
+"""Model-diffing methods, side by side; none imports another."""

@@ -1,0 +1,40 @@
+"""ADL configuration: one dataclass, one comment per field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Default readout depth per model family, as a fraction of the layer count.  Measured on the
+# embedded gemma-3-270m with four LoRA organisms of different types (DESIGN.md §3): layers 0-11
+# of 18 read nothing, the domain appears from layer 12 and peaks at 13-16 (0.72-0.89 depth).
+# The seed paper reads larger models around the middle-to-2/3 depth; 0.66 is the fallback for
+# families not measured here.  `--layers` sweeps any set.
+FAMILY_DEPTH = {"gemma3_text": 0.75, "gemma3": 0.75}
+DEFAULT_DEPTH = 0.66
+
+
+def default_depth(model_type: str) -> float:
+    """Relative readout depth for a transformers ``model_type``."""
+    return FAMILY_DEPTH.get(model_type, DEFAULT_DEPTH)
+
+
+@dataclass
+class ADLConfig:
+    """Everything that determines an ADL run's results (hashed to name/reuse its run dir)."""
+
+    base: str | None = None  # base model source; None = embedded gemma-3-270m
+    finetuned: str | None = None  # finetuned source; None = the shipped organism
+    corpus: str = "reference"  # unrelated text (see difflens.data.corpus)
+    n_texts: int | None = None  # texts read; None = 10,000 on GPU, 2,000 on CPU
+    k: int = 5  # first positions read per text
+    layers: list[float | int] = field(default_factory=list)  # extra layers to sweep
+    layer: float | int | None = None  # readout layer; None = the family default depth
+    batch_size: int = 64  # texts per forward
+    top: int = 100  # tokens kept per readout (20 shown)
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
