@@ -67,7 +67,7 @@ def read_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
     verify_safetensors(path)
     with safe_open(str(path), framework="pt") as fh:
-        return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})
+        return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
 
 
 def _json_default(obj: Any) -> Any:
