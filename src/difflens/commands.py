@@ -9,7 +9,32 @@ from difflens.cli import add_model_args, layer_arg, load_options
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     _register_adl(sub)
+    _register_mine(sub)
     _register_organism(sub)
+    _register_report(sub)
+
+
+def _register_mine(sub: argparse._SubParsersAction) -> None:
+    try:
+        from difflens.methods.mining.cli import add_parser
+    except ImportError:  # pragma: no cover - mining not present in this build
+        return
+    add_parser(sub)
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="render the HTML report of a run directory",
+                       description="Write RUN_DIR/report.html (self-contained, opens offline).")
+    p.add_argument("run_dir", help="a directory written by difflens adl / mine")
+    p.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from difflens.report.page import render_report
+
+    print(render_report(args.run_dir, args.out))
+    return 0
 
 
 def _register_adl(sub: argparse._SubParsersAction) -> None:

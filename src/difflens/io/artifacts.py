@@ -23,6 +23,13 @@ T = TypeVar("T")
 FORMAT_VERSION = 1
 
 
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; give artifacts the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (tmp file in the same directory + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,134 @@
+"""ADL section of the HTML report: norms, token tables, Patchscope, steering, similarity,
+causal effect — each part rendered only when its stage finished."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from difflens.report.page import read_optional, token_table
+from difflens.report.svg import interval_chart, line_chart, strip_chart
+
+
+def render_adl(run: Path) -> str:
+    summary = read_optional(run, "summary.json") or {}
+    lens = read_optional(run, "logit_lens.json")
+    parts = [_overview(summary)]
+    if lens:
+        parts.append(_norms(lens))
+        parts.append(_lens_tables(lens, str(summary.get("layer", "")),
+                                  set(_relevant(read_optional(run, "relevance.json")))))
+    for name, renderer in (("patchscope.json", _patchscope), ("relevance.json", _relevance),
+                           ("steering.json", _steering), ("similarity.json", _similarity),
+                           ("causal.json", _causal)):
+        data = read_optional(run, name)
+        if data is not None:
+            parts.append(renderer(data))
+    return "\n".join(parts)
+
+
+def _overview(summary: dict[str, Any]) -> str:
+    if not summary:
+        return "<p class='note'>No summary yet (the run has not finished its first stages).</p>"
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(summary.get(k, '')))}</td></tr>"
+                   for k in ("base", "finetuned", "layer", "n_texts", "k", "description"))
+    notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in summary.get("notes", []))
+    return f"<h2>Overview</h2><table>{rows}</table>{notes}"
+
+
+def _norms(lens: dict[str, Any]) -> str:
+    layers = sorted(lens["layers"], key=int)
+    k = len(lens["layers"][layers[0]]["norm"])
+    series = {f"pos {j}": [lens["layers"][lay]["norm"][j] for lay in layers] for j in range(k)}
+    chart = line_chart(series, layers, "‖δ̄‖ per layer and position", y_label="norm")
+    rel = {"‖δ̄‖/ν_ft (pos 1..k-1)": [lens["layers"][lay]["relative_norm"] for lay in layers]}
+    chart2 = line_chart(rel, layers, "relative norm of the mean difference", y_label="ratio")
+    return f"<h2>Mean activation difference</h2>{chart}{chart2}"
+
+
+def _lens_tables(lens: dict[str, Any], layer: str, hits: set[str]) -> str:
+    info = lens["layers"].get(layer)
+    if info is None:
+        return ""
+    flag = ("<p class='flag'>No difference between the models at this layer (δ̄ ≈ 0): the "
+            "readout below is noise.</p>") if info["no_difference"] else ""
+    main = token_table({"δ̄ (pos 1..k-1)": info["mean"]["tokens"],
+                        "−δ̄": info["negative"]["tokens"],
+                        "base mean": info["base_mean"]["tokens"],
+                        "ft mean": info["ft_mean"]["tokens"]}, hits)
+    per_pos = token_table({f"pos {j}": row["tokens"] for j, row in
+                           enumerate(info["positions"])}, hits)
+    sweep = token_table({f"L{lay}": lens["layers"][lay]["mean"]["tokens"]
+                         for lay in sorted(lens["layers"], key=int)}, hits, limit=10)
+    return (f"<h2>Logit lens at layer {escape(layer)}</h2>{flag}{main}"
+            f"<h3>Per position</h3>{per_pos}<h3>Layer sweep (top 10 of δ̄)</h3>{sweep}")
+
+
+def _relevant(relevance: dict[str, Any] | None) -> list[str]:
+    if not relevance:
+        return []
+    out = []
+    for readout in relevance.get("readouts", {}).values():
+        out += [t for t, ok in zip(readout.get("tokens", []), readout.get("relevant", []),
+                                   strict=False) if ok]
+    return out
+
+
+def _patchscope(data: dict[str, Any]) -> str:
+    chosen = data.get("chosen_scale")
+    tokens = data.get("coherent_tokens") or []
+    scales = data.get("scales", {})
+    table = token_table({f"s={s}": v.get("tokens", []) for s, v in
+                         list(scales.items())[:: max(1, len(scales) // 8)]}, set(tokens), 15)
+    return (f"<h2>Patchscope</h2><p>Chosen scale: <b>{escape(str(chosen))}</b>; coherent tokens: "
+            f"<span class='tok'>{escape(', '.join(tokens))}</span></p>{table}")
+
+
+def _relevance(data: dict[str, Any]) -> str:
+    if data.get("skipped"):
+        return f"<h2>Token relevance</h2><p class='note'>{escape(data['skipped'])}</p>"
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{r['fraction']:.2f}</td>"
+        f"<td>{r['weighted_fraction']:.2f}</td><td>{r.get('trivial_baseline', 0):.2f}</td></tr>"
+        for name, r in data.get("readouts", {}).items())
+    return ("<h2>Token relevance</h2><table><tr><th>readout</th><th>fraction</th>"
+            f"<th>prob.-weighted</th><th>trivial baseline</th></tr>{rows}</table>"
+            f"<p class='note'>grader: {escape(str(data.get('grader', '')))}</p>")
+
+
+def _steering(data: dict[str, Any]) -> str:
+    search = data.get("search", {})
+    if not search.get("found", True):
+        head = (f"<p class='flag'>The steering search found no coherent strength: "
+                f"{escape(str(search.get('reason', '')))}</p>")
+    else:
+        head = f"<p>Chosen strength α = <b>{escape(str(data.get('alpha')))}</b></p>"
+    rows = []
+    for prompt, steered, unsteered in zip(data.get("prompts", []), data.get("steered", []),
+                                          data.get("unsteered", []), strict=False):
+        rows.append(f"<h3>{escape(prompt)}</h3><div class='pair'>"
+                    f"<div class='sample'>{escape(steered)}</div>"
+                    f"<div class='sample'>{escape(unsteered)}</div></div>")
+    return (f"<h2>Steering</h2>{head}<div class='pair'><b>steered</b><b>unsteered</b></div>"
+            + "".join(rows[:20]))
+
+
+def _similarity(data: dict[str, Any]) -> str:
+    rows = []
+    for key, entry in data.get("similarities", {}).items():
+        rows.append((key, entry["ci_low"], entry["mean"], entry["ci_high"]))
+    chart = interval_chart(rows, "cosine similarity (95% bootstrap CI)") if rows else ""
+    p = data.get("p_value")
+    return (f"<h2>Steering similarity</h2>{chart}<p>permutation p-value (steered > unsteered): "
+            f"{escape(str(p))}</p>")
+
+
+def _causal(data: dict[str, Any]) -> str:
+    groups, marker = {}, {}
+    for dataset, entry in data.get("datasets", {}).items():
+        for kind, values in entry.get("baselines", {}).items():
+            groups[f"{dataset}: {kind}"] = values
+            marker[f"{dataset}: {kind}"] = entry["delta_ce"]
+    chart = strip_chart(groups, marker, "ΔCE of projection replacement (red: δ̄; grey: baselines)")
+    return f"<h2>Causal effect</h2>{chart}"
