@@ -25,7 +25,7 @@ def line_chart(series: dict[str, list[float]], x_labels: list[str], title: str,
     for i, label in enumerate(x_labels):
         parts.append(f'<text x="{x(i):.1f}" y="{bottom + 14}" font-size="10" '
                      f'text-anchor="middle">{escape(label)}</text>')
-    for (name, ys), color in zip(series.items(), PALETTE, strict=False):
+    for ys, color in zip(series.values(), PALETTE, strict=False):
         pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
     parts.append(_legend(list(series), right))
