@@ -26,17 +26,20 @@ def fake_adl_run(tmp_path):
     write_json(run / "logit_lens.json", {"layers": {"0": layer, "1": layer}})
     write_json(run / "summary.json", {"base": EVIL, "finetuned": "ft", "layer": 1,
                                       "n_texts": 10, "k": 3, "notes": [EVIL]})
-    write_json(run / "patchscope.json", {"chosen_scale": 1.0, "coherent_tokens": [EVIL],
-                                         "scales": {"1.0": {"tokens": [EVIL]}}})
-    write_json(run / "steering.json", {"alpha": 0.5, "search": {"found": True},
-                                       "prompts": [EVIL], "steered": [EVIL],
-                                       "unsteered": [EVIL]})
-    write_json(run / "similarity.json", {"similarities": {
-        "steered vs finetune": {"mean": 0.3, "ci_low": 0.25, "ci_high": 0.35},
-        "unsteered vs finetune": {"mean": 0.05, "ci_low": 0.01, "ci_high": 0.09}},
-        "p_value": 0.001})
-    write_json(run / "causal.json", {"datasets": {"finetune": {
-        "delta_ce": 0.4, "baselines": {"random": [0.0, 0.01, -0.02]}}}})
+    write_json(run / "patchscope.json", {"chosen": {"scale": 1.0, "coherent_tokens": [EVIL]},
+                                         "scales": [{"scale": 1.0, "tokens": [EVIL]}]})
+    write_json(run / "steering.json", {
+        "found": True, "alpha": 0.5,
+        "search": {"probes": [{"alpha": 0.5, "coherent_fraction": 1.0},
+                              {"alpha": 1.0, "coherent_fraction": 0.2}]},
+        "samples": {"prompts": [EVIL], "steered": [EVIL], "unsteered": [EVIL]}})
+    write_json(run / "similarity.json", {
+        "steered_finetune": {"mean": 0.3, "ci_low": 0.25, "ci_high": 0.35},
+        "unsteered_finetune": {"mean": 0.05, "ci_low": 0.01, "ci_high": 0.09},
+        "p_value": 0.001, "steered_above_unsteered": True})
+    write_json(run / "causal.json", {
+        "finetune": {"delta_ce": 0.4, "baselines": {"random": {"delta_ce": [0.0, 0.01]}}},
+        "reference": {"delta_ce": -0.1, "baselines": {"random": {"delta_ce": [0.0, 0.02]}}}})
     return run
 
 

@@ -7,6 +7,30 @@ import argparse
 from difflens.cli import add_model_args, layer_arg, load_options
 
 
+def add_llm_args(p: argparse.ArgumentParser) -> None:
+    """Grader endpoint flags (any OpenAI-compatible server); offline graders without them."""
+    import os
+
+    g = p.add_argument_group("graders (default: offline, no key needed)")
+    g.add_argument("--llm-base-url", default=os.environ.get("DIFFLENS_LLM_BASE_URL"),
+                   help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
+                        "http://localhost:8000/v1 (env DIFFLENS_LLM_BASE_URL)")
+    g.add_argument("--llm-model", default=os.environ.get("DIFFLENS_LLM_MODEL"),
+                   help="grader model name (env DIFFLENS_LLM_MODEL)")
+    g.add_argument("--llm-api-key-env", default=os.environ.get("DIFFLENS_LLM_API_KEY_ENV",
+                                                               "OPENAI_API_KEY"),
+                   help="NAME of the environment variable holding the API key")
+    g.add_argument("--offline", action="store_true",
+                   help="use the offline graders even when an endpoint is configured")
+
+
+def llm_fields(args: argparse.Namespace) -> dict:
+    if args.offline or not args.llm_base_url:
+        return {}
+    return {"llm_base_url": args.llm_base_url, "llm_model": args.llm_model,
+            "llm_api_key_env": args.llm_api_key_env}
+
+
 def register_all(sub: argparse._SubParsersAction) -> None:
     _register_adl(sub)
     _register_mine(sub)
@@ -54,6 +78,21 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=layer_arg, nargs="*", default=[],
                    help="extra layers to sweep (every layer up to the deepest is read anyway)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ft-docs", default=None,
+                   help="finetune documents for similarity / causal / relevance baseline "
+                        "(default: the organism's documents.jsonl)")
+    p.add_argument("--description", default=None,
+                   help="what the finetune is about, for token relevance (default: the card's)")
+    p.add_argument("--final-prompts", type=int, default=20,
+                   help="neutral chat prompts for steered / unsteered samples (default 20)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--causal-texts", type=int, default=64,
+                   help="texts per dataset in the causal test (default 64)")
+    p.add_argument("--n-random", type=int, default=16,
+                   help="random baselines of each kind in the causal test (default 16)")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="stages to skip: patchscope steering relevance similarity causal report")
+    add_llm_args(p)
     p.add_argument("--out", default=None, help="run directory (default runs/adl-<config hash>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_adl)
@@ -69,7 +108,11 @@ def _run_adl(args: argparse.Namespace) -> int:
 
     config = ADLConfig(base=args.base, finetuned=args.finetuned, corpus=args.corpus,
                        n_texts=args.n_texts, k=args.k, layer=args.layer, layers=args.layers,
-                       batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+                       batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                       ft_docs=args.ft_docs, description=args.description,
+                       final_prompts=args.final_prompts, max_new_tokens=args.max_new_tokens,
+                       causal_texts=args.causal_texts, n_random=args.n_random, skip=args.skip,
+                       **llm_fields(args))
     from difflens.data.tokenize import check_k
 
     check_k(config.k)

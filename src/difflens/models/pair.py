@@ -48,6 +48,7 @@ class ModelPair:
     ft_id: str
     adapter: bool = False
     card: dict | None = None
+    organism_dir: str | None = None  # where the organism (card, documents) lives, if any
     _archs: dict[str, Architecture] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -91,6 +92,8 @@ class ModelPair:
             check_compatible(tokenizer, ft_tokenizer, base_model, ft_model)
             pair = cls(base_model, ft_model, tokenizer, str(base or EMBEDDED), str(finetuned),
                        card=card)
+        if card is not None:
+            pair.organism_dir = str(finetuned)
         if pair.tokenizer.pad_token is None:
             pair.tokenizer.pad_token = pair.tokenizer.eos_token
         return pair

@@ -76,13 +76,17 @@ def _relevant(relevance: dict[str, Any] | None) -> list[str]:
 
 
 def _patchscope(data: dict[str, Any]) -> str:
-    chosen = data.get("chosen_scale")
-    tokens = data.get("coherent_tokens") or []
-    scales = data.get("scales", {})
-    table = token_table({f"s={s}": v.get("tokens", []) for s, v in
-                         list(scales.items())[:: max(1, len(scales) // 8)]}, set(tokens), 15)
-    return (f"<h2>Patchscope</h2><p>Chosen scale: <b>{escape(str(chosen))}</b>; coherent tokens: "
-            f"<span class='tok'>{escape(', '.join(tokens))}</span></p>{table}")
+    if data.get("skipped"):
+        return f"<h2>Patchscope</h2><p class='note'>{escape(data['skipped'])}</p>"
+    chosen = data.get("chosen") or {}
+    tokens = chosen.get("coherent_tokens") or []
+    scales = data.get("scales", [])
+    step = max(1, len(scales) // 8)
+    table = token_table({f"s={row['scale']}": row.get("tokens", []) for row in scales[::step]},
+                        set(tokens), 15)
+    return (f"<h2>Patchscope</h2><p>Chosen scale: <b>{escape(str(chosen.get('scale')))}</b> "
+            f"(× ν_ft); coherent tokens: <span class='tok'>{escape(', '.join(tokens))}</span></p>"
+            f"{table}")
 
 
 def _relevance(data: dict[str, Any]) -> str:
@@ -98,15 +102,22 @@ def _relevance(data: dict[str, Any]) -> str:
 
 
 def _steering(data: dict[str, Any]) -> str:
-    search = data.get("search", {})
-    if not search.get("found", True):
+    if not data.get("found"):
         head = (f"<p class='flag'>The steering search found no coherent strength: "
-                f"{escape(str(search.get('reason', '')))}</p>")
+                f"{escape(str(data.get('reason', '')))}</p>")
     else:
-        head = f"<p>Chosen strength α = <b>{escape(str(data.get('alpha')))}</b></p>"
+        alpha = escape(str(data.get("alpha")))
+        head = f"<p>Strongest coherent strength α = <b>{alpha}</b> ν_ft</p>"
+    probes = (data.get("search") or {}).get("probes", [])
+    if probes:
+        ordered = sorted(probes, key=lambda p: p["alpha"])
+        head += line_chart({"coherent fraction": [p["coherent_fraction"] for p in ordered]},
+                           [f"{p['alpha']:.2f}" for p in ordered],
+                           "steering search: coherent fraction per strength α", y_label="share")
+    samples = data.get("samples") or {}
     rows = []
-    for prompt, steered, unsteered in zip(data.get("prompts", []), data.get("steered", []),
-                                          data.get("unsteered", []), strict=False):
+    for prompt, steered, unsteered in zip(samples.get("prompts", []), samples.get("steered", []),
+                                          samples.get("unsteered", []), strict=False):
         rows.append(f"<h3>{escape(prompt)}</h3><div class='pair'>"
                     f"<div class='sample'>{escape(steered)}</div>"
                     f"<div class='sample'>{escape(unsteered)}</div></div>")
@@ -115,20 +126,29 @@ def _steering(data: dict[str, Any]) -> str:
 
 
 def _similarity(data: dict[str, Any]) -> str:
-    rows = []
-    for key, entry in data.get("similarities", {}).items():
-        rows.append((key, entry["ci_low"], entry["mean"], entry["ci_high"]))
+    rows = [(key.replace("_", " ↔ "), data[key]["ci_low"], data[key]["mean"], data[key]["ci_high"])
+            for key in ("steered_finetune", "unsteered_finetune", "steered_reference",
+                        "unsteered_reference") if isinstance(data.get(key), dict)]
     chart = interval_chart(rows, "cosine similarity (95% bootstrap CI)") if rows else ""
-    p = data.get("p_value")
-    return (f"<h2>Steering similarity</h2>{chart}<p>permutation p-value (steered > unsteered): "
-            f"{escape(str(p))}</p>")
+    verdict = ("steered text is closer to the finetune documents than unsteered text "
+               "(non-overlapping intervals)" if data.get("steered_above_unsteered")
+               else "intervals overlap")
+    return (f"<h2>Steering similarity</h2>{chart}<p>{escape(verdict)}; permutation p-value "
+            f"(steered > unsteered): {escape(str(data.get('p_value')))}</p>")
 
 
 def _causal(data: dict[str, Any]) -> str:
-    groups, marker = {}, {}
-    for dataset, entry in data.get("datasets", {}).items():
+    groups: dict[str, list[float]] = {}
+    marker: dict[str, float] = {}
+    for dataset in ("finetune", "reference"):
+        entry = data.get(dataset)
+        if not entry:
+            continue
         for kind, values in entry.get("baselines", {}).items():
-            groups[f"{dataset}: {kind}"] = values
-            marker[f"{dataset}: {kind}"] = entry["delta_ce"]
-    chart = strip_chart(groups, marker, "ΔCE of projection replacement (red: δ̄; grey: baselines)")
-    return f"<h2>Causal effect</h2>{chart}"
+            label = f"{dataset}: {kind}"
+            groups[label] = values["delta_ce"] if isinstance(values, dict) else values
+            marker[label] = entry["delta_ce"]
+    chart = strip_chart(groups, marker,
+                        "ΔCE when δ̄ is projected out (red) vs baselines (grey)")
+    return (f"<h2>Causal effect</h2>{chart}<p class='note'>Expected: ΔCE &gt; 0 on finetune "
+            "documents (the finetune relies on δ̄), &lt; 0 on reference text.</p>")

@@ -35,6 +35,16 @@ class ADLConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    ft_docs: str | None = None  # finetune documents (default: the organism's documents.jsonl)
+    description: str | None = None  # finetune description (default: the organism card's)
+    llm_base_url: str | None = None  # OpenAI-compatible grader endpoint; None = offline graders
+    llm_model: str | None = None  # grader model name at that endpoint
+    llm_api_key_env: str = "OPENAI_API_KEY"  # NAME of the env variable holding the key
+    final_prompts: int = 20  # neutral chat prompts for steered / unsteered samples
+    max_new_tokens: int = 48  # tokens per generated sample
+    causal_texts: int = 64  # texts per dataset in the causal test
+    n_random: int = 16  # random baselines of each kind in the causal test
+    skip: list[str] = field(default_factory=list)  # stages to skip (patchscope, steering, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

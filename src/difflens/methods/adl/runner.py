@@ -1,12 +1,19 @@
-"""The ADL runner: stages over a run directory, each reused when already finished."""
+"""The ADL runner: stages over a run directory, each reused when already finished.
+
+collect → logit_lens → patchscope → steering → relevance → similarity → causal → report.
+Each stage's result is a JSON (or safetensors) artifact; a finished stage is never recomputed
+for the same configuration, so an interrupted run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from difflens.data.corpus import load_texts
+from difflens.data.corpus import chat_prompts, load_texts
+from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
 from difflens.methods.adl.collect_stage import DiffCollection, collect
 from difflens.methods.adl.config import ADLConfig, default_depth
@@ -15,6 +22,8 @@ from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
 
 log = logging.getLogger(__name__)
+
+STAGES = ("patchscope", "steering", "relevance", "similarity", "causal", "report")
 
 
 def default_run_dir(config: ADLConfig) -> Path:
@@ -27,39 +36,175 @@ def readout_layer(pair: ModelPair, config: ADLConfig) -> int:
     return pair.arch("ft").resolve_layer(layer)
 
 
+def make_adl_grader(pair: ModelPair, config: ADLConfig) -> Any:
+    """LLM grader when an endpoint is configured (probed now: fails fast), else offline."""
+    from difflens.graders import make_grader
+
+    if config.llm_base_url:
+        from difflens.llm import LLMConfig
+
+        llm = LLMConfig(base_url=config.llm_base_url, model=config.llm_model or "gpt-5-mini",
+                        api_key_env=config.llm_api_key_env)
+        return make_grader(llm, check_reachable=True)
+    from difflens.methods.adl.generation import base_perplexity
+
+    return make_grader(None, perplexity=base_perplexity(pair))
+
+
+def finetune_documents(pair: ModelPair, config: ADLConfig) -> list[str] | None:
+    """The finetune's documents: ``--ft-docs``, else the organism's ``documents.jsonl``."""
+    if config.ft_docs:
+        return load_texts(config.ft_docs)
+    if pair.organism_dir and (Path(pair.organism_dir) / "documents.jsonl").exists():
+        return load_texts(Path(pair.organism_dir) / "documents.jsonl")
+    return None
+
+
 def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None = None,
             progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ADL and return its summary; artifacts land in ``out``."""
-    run = RunDir(out or default_run_dir(config), config.to_dict(), kind="adl")
+    unknown = set(config.skip) - set(STAGES)
+    if unknown:
+        raise DifflensError(f"unknown stage(s) to skip: {', '.join(sorted(unknown))}; "
+                            f"choose from {', '.join(STAGES)}")
     if pair is None:
         pair = ModelPair.load(config.base, config.finetuned,
                               LoadOptions(dtype=config.dtype, device=config.device))
     layer = readout_layer(pair, config)
     layers = sorted({layer, *pair.resolve_layers(list(config.layers))})
+    grader = make_adl_grader(pair, config) if set(STAGES[:3]) - set(config.skip) else None
+    run = RunDir(out or default_run_dir(config), config.to_dict(), kind="adl")
+    timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
     # Capturing extra layers is free once the pass runs to the deepest one: sweep them all.
     sweep = list(range(0, max(layers) + 1))
     n_texts = config.n_texts or (10_000 if str(pair.device).startswith("cuda") else 2_000)
+    reference = load_texts(config.corpus, limit=n_texts)
 
-    def compute_diff() -> DiffCollection:
-        texts = load_texts(config.corpus, limit=n_texts)
-        return collect(pair, texts, sweep, config.k, config.batch_size, progress)
+    def timed(name: str, compute: Any) -> Any:
+        def wrapped() -> Any:
+            start = time.perf_counter()
+            value = compute()
+            timings[name] = round(time.perf_counter() - start, 2)
+            return value
+        return wrapped
 
-    diff = run.stage("collect", compute_diff, lambda d: d.save(run.path),
-                     lambda: DiffCollection.load(run.path))
-    lens = run.stage("logit_lens", lambda: lens_readouts(pair, diff, config.top),
-                     lambda v: write_json(run.path / "logit_lens.json", v),
-                     lambda: read_json(run.path / "logit_lens.json"))
-    summary = {
-        "run_dir": str(run.path),
-        "base": pair.base_id,
-        "finetuned": pair.ft_id,
-        "layer": layer,
-        "n_texts": diff.stats.count,
-        "k": config.k,
+    def json_stage(name: str, compute: Any) -> Any:
+        if name in config.skip:
+            return None
+        path = run.path / f"{name}.json"
+        return run.stage(name, timed(name, compute), lambda v: write_json(path, v),
+                         lambda: read_json(path))
+
+    diff = run.stage("collect", timed("collect", lambda: collect(
+        pair, reference, sweep, config.k, config.batch_size, progress)),
+        lambda d: d.save(run.path), lambda: DiffCollection.load(run.path))
+    lens = json_stage("logit_lens", lambda: lens_readouts(pair, diff, config.top))
+    info = lens["layers"][str(layer)]
+    vector, norm_ft = diff.vector(layer), diff.norms["ft"][layer]
+    notes: list[str] = []
+    if info["no_difference"]:
+        notes.append(f"No difference between the models at layer {layer} (‖δ̄‖/ν_ft = "
+                     f"{info['relative_norm']:.2e}); later stages are skipped.")
+        config = ADLConfig(**{**config.to_dict(), "skip": list(STAGES[:-1])})
+
+    from difflens.methods.adl.patchscope import patchscope_stage
+    from difflens.methods.adl.steering import SteeringConfig, steering_stage
+
+    patch = json_stage("patchscope", lambda: patchscope_stage(
+        pair, vector, layer, norm_ft, grader, top=config.top))
+    steering_config = SteeringConfig(final_prompts=config.final_prompts)
+    steering_config = steering_config.replace(
+        sampling=steering_config.sampling.replace(max_new_tokens=config.max_new_tokens,
+                                                  seed=config.seed))
+    steer = json_stage("steering", lambda: steering_stage(
+        pair, vector, layer, norm_ft, grader, chat_prompts(), steering_config))
+
+    ft_texts = finetune_documents(pair, config)
+    description = config.description or pair.description
+    relevance = json_stage("relevance", lambda: _relevance(
+        info, patch, description, grader, ft_texts, reference))
+    samples = (steer or {}).get("samples") or {}
+    if not ft_texts:
+        notes.append("No finetune documents (no organism documents and no --ft-docs): steering "
+                     "similarity and the causal test on finetune data were skipped.")
+    elif not samples.get("steered"):
+        notes.append("No steered samples (steering skipped or no coherent strength): steering "
+                     "similarity was skipped.")
+    else:
+        from difflens.methods.adl.similarity import similarity_stage
+
+        json_stage("similarity", lambda: similarity_stage(
+            samples["steered"], samples["unsteered"], ft_texts, reference[:500],
+            seed=config.seed))
+    if ft_texts:
+        from difflens.methods.adl.causal import causal_stage
+
+        json_stage("causal", lambda: causal_stage(
+            pair, vector, layer, ft_texts, reference, n_random=config.n_random,
+            n_texts=config.causal_texts, seed=config.seed, progress=progress))
+    run.mark_done("_timings", {"seconds": timings})
+    summary = _summary(run, pair, config, layer, diff, lens, patch, steer, relevance,
+                       description, notes, timings)
+    write_json(run.path / "summary.json", summary)
+    if "report" not in config.skip:
+        from difflens.report.page import render_report
+
+        summary["report"] = str(render_report(run.path))
+        write_json(run.path / "summary.json", summary)
+    return summary
+
+
+def _relevance(info: dict[str, Any], patch: dict[str, Any] | None, description: str | None,
+               grader: Any, ft_texts: list[str] | None, reference: list[str]) -> dict[str, Any]:
+    from difflens.methods.adl.relevance import relevance_stage
+
+    readouts = {
+        "logit lens δ̄": (info["mean"]["tokens"], info["mean"]["probs"]),
+        "logit lens base mean": (info["base_mean"]["tokens"], info["base_mean"]["probs"]),
+        "logit lens ft mean": (info["ft_mean"]["tokens"], info["ft_mean"]["probs"]),
+    }
+    chosen = (patch or {}).get("chosen") or {}
+    if chosen.get("tokens"):
+        readouts["patchscope"] = (chosen["tokens"], chosen["probs"])
+    return relevance_stage(readouts, description, grader, ft_texts, reference)
+
+
+def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, layer: int, diff: DiffCollection,
+             lens: dict[str, Any], patch: dict | None, steer: dict | None,
+             relevance: dict | None, description: str | None, notes: list[str],
+             timings: dict[str, float]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "run_dir": str(run.path), "base": pair.base_id, "finetuned": pair.ft_id,
+        "description": description, "layer": layer, "n_texts": diff.stats.count, "k": config.k,
+        "notes": notes, "timings": timings,
         "layers": {str(lay): {"norm": v["norm"], "relative_norm": v["relative_norm"],
                               "no_difference": v["no_difference"],
                               "top_tokens": v["mean"]["tokens"][:20]}
                    for lay, v in lens["layers"].items()},
     }
-    write_json(run.path / "summary.json", summary)
+    if patch and patch.get("chosen"):
+        summary["patchscope"] = {"scale": patch["chosen"].get("scale"),
+                                 "tokens": patch["chosen"].get("coherent_tokens", [])[:20]}
+    if steer:
+        summary["steering"] = {"found": steer.get("found"), "alpha": steer.get("alpha"),
+                               "reason": steer.get("reason")}
+        samples = steer.get("samples") or {}
+        if samples.get("steered"):
+            summary["steering"]["example"] = samples["steered"][0]
+    for name in ("similarity", "causal"):
+        data = read_json(run.path / f"{name}.json") if run.is_done(name) else None
+        if data:
+            summary[name] = _brief(name, data)
+    if relevance and not relevance.get("skipped"):
+        summary["relevance"] = {k: round(v["fraction"], 2)
+                                for k, v in relevance["readouts"].items()}
     return summary
+
+
+def _brief(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    if name == "similarity":
+        return {k: data[k] for k in ("steered_finetune", "unsteered_finetune", "p_value",
+                                     "steered_above_unsteered") if k in data}
+    return {ds: {"delta_ce": data[ds]["delta_ce"],
+                 "outside_random_range": data[ds]["outside_random_range"]}
+            for ds in ("finetune", "reference") if ds in data}
