@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -109,7 +109,8 @@ def collect_norms(
     result calibrates steering strengths (``side -> layer -> ν``).
     """
     resolved = pair.resolve_layers(layers)
-    tokens = first_k_tokens(pair.tokenizer, texts[: max_texts * 2], length)[:max_texts]
+    tokens = _norm_window(pair.tokenizer, texts[: max_texts * 2], start, length)[:max_texts]
+    start = min(start, tokens.shape[1] - 1)
     moments = {side: {layer: Moments(()) for layer in resolved} for side in (BASE, FT)}
     for batch in paired_activations(pair, tokens, resolved, batch_size, progress,
                                     desc="activation norms"):
@@ -118,3 +119,20 @@ def collect_norms(
                 moments[side][layer].update(acts[layer][:, start:].norm(dim=-1).reshape(-1))
     return {side: {layer: float(m.mean) for layer, m in per.items()}
             for side, per in moments.items()}
+
+
+def _norm_window(tokenizer: Any, texts: list[str], start: int, length: int) -> torch.Tensor:
+    """First-``length`` windows; shorter windows (down to ``start + 1``, then 2) for corpora of
+    short texts, so calibration degrades gracefully instead of failing."""
+    from difflens.errors import DifflensError
+
+    for size in sorted({length, 16, 8, start + 1, 2}, reverse=True):
+        if size > length:
+            continue
+        try:
+            tokens = first_k_tokens(tokenizer, texts, size)
+        except DifflensError:
+            continue
+        if tokens.shape[0] >= min(16, len(texts)):
+            return tokens
+    return first_k_tokens(tokenizer, texts, 2)
