@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import warnings
+
+    # Deprecation chatter from transformers/peft internals is not actionable for users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1

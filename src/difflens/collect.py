@@ -99,7 +99,7 @@ def collect_norms(
     layers: list[int | float],
     start: int = 5,
     length: int = 32,
-    max_texts: int = 256,
+    max_texts: int = 64,
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, dict[int, float]]:
