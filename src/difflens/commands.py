@@ -86,8 +86,10 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--final-prompts", type=int, default=20,
                    help="neutral chat prompts for steered / unsteered samples (default 20)")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--causal-texts", type=int, default=64,
-                   help="texts per dataset in the causal test (default 64)")
+    p.add_argument("--causal-texts", type=int, default=None,
+                   help="texts per dataset in the causal test (default 16 on CPU, 128 on GPU)")
+    p.add_argument("--causal-tokens", type=int, default=None,
+                   help="tokens per text in the causal test (default 32 on CPU, 64 on GPU)")
     p.add_argument("--n-random", type=int, default=16,
                    help="random baselines of each kind in the causal test (default 16)")
     p.add_argument("--skip", nargs="*", default=[],
@@ -111,7 +113,8 @@ def _run_adl(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                        ft_docs=args.ft_docs, description=args.description,
                        final_prompts=args.final_prompts, max_new_tokens=args.max_new_tokens,
-                       causal_texts=args.causal_texts, n_random=args.n_random, skip=args.skip,
+                       causal_texts=args.causal_texts, causal_tokens=args.causal_tokens,
+                       n_random=args.n_random, skip=args.skip,
                        **llm_fields(args))
     from difflens.data.tokenize import check_k
 

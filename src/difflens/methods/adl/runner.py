@@ -139,9 +139,15 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     if ft_texts:
         from difflens.methods.adl.causal import causal_stage
 
+        # Every direction needs its own full forward with the LM head (33 per batch): on CPU
+        # the test is kept to 16 texts × 32 tokens per dataset (~1,000 predicted tokens, enough
+        # to separate δ̄ from unit random directions), on GPU 128 × 64.
+        gpu = str(pair.device).startswith("cuda")
         json_stage("causal", lambda: causal_stage(
             pair, vector, layer, ft_texts, reference, n_random=config.n_random,
-            n_texts=config.causal_texts, seed=config.seed, progress=progress))
+            n_texts=config.causal_texts or (128 if gpu else 16),
+            max_tokens=config.causal_tokens or (64 if gpu else 32),
+            seed=config.seed, progress=progress))
     run.mark_done("_timings", {"seconds": timings})
     summary = _summary(run, pair, config, layer, diff, lens, patch, steer, relevance,
                        description, notes, timings)
