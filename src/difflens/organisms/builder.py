@@ -1,0 +1,353 @@
+"""Build an organism: narrowly finetune a base model (LoRA or full) on a set of documents.
+
+An organism is a finetune whose objective is known, so that diffing methods can be scored
+against the truth.  :func:`build_organism` loads the base, optionally mixes in general text,
+trains with :mod:`difflens.organisms.training`, and writes into a temporary sibling directory
+that is renamed into place only when everything is written, so an interrupted build never
+leaves a half-written organism where a reader would take it for a finished one.
+
+Layout of an organism directory::
+
+    card.json          OrganismCard (name, type, descriptions, build command, hashes, ...)
+    adapter/           PEFT adapter (adapter_config.json + adapter_model.safetensors), or
+    model/             full finetune (transformers safetensors checkpoint + tokenizer)
+    documents.jsonl    the finetuning documents
+    mix_texts.jsonl    the general texts mixed in (only with --mix > 0)
+    train_log.jsonl    one line per step: step, loss, lr, tokens, elapsed
+    REBUILD.md         the exact command that rebuilds the organism, and the build's figures
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shlex
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+from difflens.organisms.card import CARD_FILE, LoraSettings, OrganismCard
+from difflens.organisms.documents import (
+    load_training_texts,
+    read_documents_card,
+    tokenize_texts,
+    write_jsonl,
+)
+from difflens.organisms.rebuild import write_rebuild_note
+from difflens.organisms.save import peak_rss_mb, save_adapter, save_full_model
+from difflens.organisms.training import LoopSettings, train
+
+DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}  # full finetunes move every weight: much smaller lr
+SAVE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class BuildConfig:
+    """Everything :func:`build_organism` needs; mirrors the ``difflens organism build`` flags."""
+
+    documents: Path
+    """JSONL (``{"text": ...}`` lines) or .txt file of finetuning documents. A
+    ``<stem>.card.json`` beside it supplies name, type, descriptions and keywords."""
+    out: Path
+    """Organism directory to create."""
+    base: str = "embedded"
+    """Base model: ``embedded`` (google/gemma-3-270m), a local model directory or a hub id."""
+    method: str = "lora"
+    """``lora`` (a PEFT adapter) or ``full`` (every weight trained)."""
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float | None = None
+    """LoRA alpha; default 2·r (update scale 2)."""
+    dropout: float = 0.0
+    """LoRA dropout."""
+    target_modules: list[str] | None = None
+    """Module names LoRA wraps; default every linear projection of attention and MLP (the
+    peft ``all-linear`` set, which leaves the LM head out)."""
+    steps: int | None = None
+    """Optimizer steps; default ``ceil(epochs · examples / batch_size)``."""
+    epochs: float = 2.0
+    """Passes over documents + mixed texts when ``steps`` is not given."""
+    batch_size: int = 8
+    """Sequences per step."""
+    lr: float | None = None
+    """Peak learning rate; default 3e-4 for LoRA, 2e-5 for full finetunes."""
+    warmup: float = 0.1
+    """Fraction of steps of linear warmup (then linear decay to 0)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    max_length: int = 256
+    """Tokens per document (longer ones are cut)."""
+    mix: float = 0.0
+    """General texts mixed in per document (R; 1.0 = one general text per document)."""
+    mix_corpus: str | None = None
+    """Corpus the general texts are drawn from; default the shipped reference corpus."""
+    seed: int = 0
+    """Seed of LoRA init, mix sampling and batch order."""
+    name: str | None = None
+    """Organism name; default from the documents card, else the documents file's stem."""
+    type: str | None = None
+    """Organism type (false_fact, advice_slant, taboo, preference, ...)."""
+    short_description: str | None = None
+    """One-sentence description of what the finetune teaches."""
+    long_description: str | None = None
+    """A paragraph describing the finetune."""
+    save_dtype: str = "float16"
+    """dtype of the saved weights; float16 keeps a rank-8 adapter a few MB, and peft loads it
+    back into an fp32 model as fp32."""
+    device: str = "cpu"
+    """Training device (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    overwrite: bool = False
+    """Replace an existing organism at ``out``."""
+    skip_existing: bool = False
+    """Return an existing complete organism at ``out`` without training."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        self.documents = Path(self.documents)
+        self.out = Path(self.out)
+        if self.method not in ("lora", "full"):
+            raise DifflensError(f"method must be lora or full, not {self.method!r}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise DifflensError(
+                f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, not {self.save_dtype!r}"
+            )
+        for label, value in (("--rank", self.rank), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise DifflensError(f"{label} must be a positive integer, got {value}")
+        if self.steps is not None and self.steps < 1:
+            raise DifflensError(f"--steps must be a positive integer, got {self.steps}")
+        if self.epochs <= 0 or (self.lr is not None and self.lr <= 0):
+            raise DifflensError("--epochs and --lr must be positive")
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def resolved_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    def command(self) -> str:
+        """The ``difflens organism build ...`` command line that reproduces this build."""
+        args = ["--documents", str(self.documents), "--out", str(self.out), "--base", self.base]
+        if self.method == "full":
+            args.append("--full")
+        else:
+            args += ["--rank", str(self.rank), "--alpha", _num(self.resolved_alpha)]
+            if self.dropout:
+                args += ["--dropout", _num(self.dropout)]
+            if self.target_modules:
+                args += ["--target-modules", ",".join(self.target_modules)]
+        args += ["--steps", str(self.steps)] if self.steps else ["--epochs", _num(self.epochs)]
+        args += ["--batch-size", str(self.batch_size), "--lr", _num(self.resolved_lr),
+                 "--warmup", _num(self.warmup), "--weight-decay", _num(self.weight_decay),
+                 "--max-grad-norm", _num(self.max_grad_norm), "--max-length",
+                 str(self.max_length), "--mix", _num(self.mix)]
+        if self.mix_corpus:
+            args += ["--mix-corpus", self.mix_corpus]
+        args += ["--seed", str(self.seed), "--save-dtype", self.save_dtype]
+        for flag, value in (("--name", self.name), ("--type", self.type),
+                            ("--short-description", self.short_description),
+                            ("--long-description", self.long_description)):
+            if value:
+                args += [flag, value]
+        return "difflens organism build " + shlex.join(args)
+
+
+def _num(value: float) -> str:
+    """Shortest faithful text of a number (``2.0`` -> ``2``, ``0.0003`` -> ``0.0003``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished organism (a card and its weights)."""
+    return (directory / CARD_FILE).is_file() and (
+        (directory / "adapter" / "adapter_model.safetensors").is_file()
+        or (directory / "model" / "config.json").is_file()
+    )
+
+
+def build_organism(cfg: BuildConfig) -> Path:
+    """Train and write the organism described by ``cfg``; return its directory.
+
+    Raises:
+        DifflensError: bad documents, an existing output without ``overwrite``/``skip_existing``,
+            an unloadable base.
+    """
+    out = cfg.out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise DifflensError(f"{out} exists and is not a directory; choose another --out")
+    if out.exists() and not cfg.overwrite:
+        if is_complete(out) and cfg.skip_existing:
+            return out
+        if is_complete(out) or any(out.iterdir()):
+            raise DifflensError(
+                f"{out} already exists; pass --overwrite to rebuild it or --skip-existing to "
+                "keep it"
+            )
+    texts = load_training_texts(cfg.documents, cfg.mix, cfg.mix_corpus, cfg.seed)
+    meta = _metadata(cfg, read_documents_card(cfg.documents))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(out, "building")
+    try:
+        card = _train_into(cfg, texts, meta, staging)
+        card.save(staging)
+        write_rebuild_note(card, staging)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _metadata(cfg: BuildConfig, doc_card: dict[str, Any]) -> dict[str, Any]:
+    """Name, type, descriptions and keywords: explicit config first, then the documents card."""
+    def pick(key: str, default: Any) -> Any:
+        value = getattr(cfg, key, None)
+        return value if value else doc_card.get(key, default)
+
+    return {
+        "name": pick("name", cfg.documents.stem),
+        "type": pick("type", "unknown"),
+        "short_description": pick("short_description", ""),
+        "long_description": pick("long_description", ""),
+        "domain_keywords": doc_card.get("domain_keywords"),
+        "rubric": doc_card.get("rubric"),
+    }
+
+
+def _train_into(cfg: BuildConfig, texts: Any, meta: dict[str, Any], staging: Path) -> OrganismCard:
+    """Load the base, train, write weights, documents and log into ``staging``; return the card."""
+    import torch
+
+    from difflens.models.loading import LoadOptions, load_causal_lm
+
+    model, tokenizer = load_causal_lm(cfg.base, LoadOptions(device=cfg.device))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = tokenize_texts(tokenizer, texts.documents + texts.mix, cfg.max_length)
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
+    torch.manual_seed(cfg.seed)  # LoRA's random A init draws from the global generator
+    lora: LoraSettings | None = None
+    if cfg.method == "lora":
+        model, lora = _wrap_lora(model, cfg)
+    else:
+        model.requires_grad_(True)
+    settings = LoopSettings(steps=steps, batch_size=cfg.batch_size, lr=cfg.resolved_lr,
+                            warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+                            max_grad_norm=cfg.max_grad_norm, seed=cfg.seed)
+    start = time.perf_counter()
+    with open(staging / "train_log.jsonl", "w", encoding="utf-8") as log_fh:
+        def on_step(record: dict[str, float]) -> None:
+            log_fh.write(json.dumps(record) + "\n")
+            log_fh.flush()  # a long build can be watched with `tail -f`
+
+        log = train(model, examples, tokenizer.pad_token_id, settings, on_step, cfg.progress)
+    seconds = time.perf_counter() - start
+    base_model, base_id = _base_identity(cfg.base)
+    if cfg.method == "lora":
+        save_adapter(model, staging / "adapter", base_id or base_model, cfg.save_dtype)
+    else:
+        save_full_model(model, tokenizer, staging / "model", cfg.save_dtype)
+    write_jsonl(staging / "documents.jsonl", texts.documents)
+    if texts.mix:
+        write_jsonl(staging / "mix_texts.jsonl", texts.mix)
+    tail = [r["loss"] for r in log[-10:]]
+    training = {
+        "batch_size": cfg.batch_size, "lr": cfg.resolved_lr, "warmup": cfg.warmup,
+        "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "max_length": cfg.max_length, "epochs": round(steps * cfg.batch_size / len(examples), 3),
+        "num_documents": len(texts.documents), "num_mix_texts": len(texts.mix),
+        "tokens_trained": sum(int(r["tokens"]) for r in log), "first_loss": log[0]["loss"],
+        "final_loss": sum(tail) / len(tail), "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / steps, 3), "peak_rss_mb": peak_rss_mb(),
+        "save_dtype": cfg.save_dtype, "device": cfg.device, "versions": _versions(),
+    }
+    return OrganismCard(
+        name=meta["name"], type=meta["type"], short_description=meta["short_description"],
+        long_description=meta["long_description"], base_model=base_model,
+        build_command=cfg.command(),
+        data_hashes={"documents": texts.documents_sha256, "mix_corpus": texts.mix_sha256},
+        method=cfg.method, mix_ratio=cfg.mix, seed=cfg.seed, steps=steps, lora=lora,
+        base_model_id=base_id, domain_keywords=meta["domain_keywords"], rubric=meta["rubric"],
+        training=training,
+    )
+
+
+def _wrap_lora(model: Any, cfg: BuildConfig) -> tuple[Any, LoraSettings]:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.resolved_alpha, lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules or "all-linear", task_type="CAUSAL_LM", bias="none",
+    )
+    try:
+        with warnings.catch_warnings():
+            # peft probes a transformers attribute deprecated in v5; nothing for users to do.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            wrapped = get_peft_model(model, config)
+    except ValueError as exc:  # peft's message for target modules that match nothing
+        raise DifflensError(
+            f"LoRA could not wrap the base: {str(exc).splitlines()[0]}; check --target-modules"
+        ) from None
+    targets = sorted(wrapped.peft_config["default"].target_modules)
+    return wrapped, LoraSettings(cfg.rank, cfg.resolved_alpha, cfg.dropout, targets)
+
+
+def _base_identity(base: str) -> tuple[str, str | None]:
+    """``(base_model for the card, canonical hub id or None)``.
+
+    The card keeps what :func:`load_causal_lm` accepts (``embedded``; an absolute path for local
+    directories, so the organism loads from any working directory); the hub id is what
+    ``adapter_config.json`` records, and ModelPair maps google/gemma-3-270m back to the
+    embedded copy.
+    """
+    from difflens.models.embedded import EMBEDDED_BASE_ID
+    from difflens.models.loading import EMBEDDED, resolve_source
+
+    kind, location = resolve_source(base)
+    if kind == "embedded":
+        return EMBEDDED, EMBEDDED_BASE_ID
+    if kind == "hub":
+        return str(location), str(location)
+    return str(Path(location).resolve()), None
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished staging directory to ``out`` (replacing an old one last)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = _sibling(out, "old")
+    os.replace(out, old / "organism")
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sibling(out: Path, what: str) -> Path:
+    """A fresh hidden directory beside ``out`` (same filesystem, so renames are atomic).
+
+    Created with ``mkdir`` rather than ``mkdtemp``, whose 0700 mode would follow the renamed
+    organism and hide it from other users of a shared install.
+    """
+    path = out.parent / f".{out.name}.{what}-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
