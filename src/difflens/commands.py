@@ -36,6 +36,13 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     _register_mine(sub)
     _register_organism(sub)
     _register_report(sub)
+    _register_eval(sub)
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    from difflens.evaluation.cli import add_parser
+
+    add_parser(sub)
 
 
 def _register_mine(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,134 @@
+"""Diffing results as the agent reads them: an overview up front and sections on request.
+
+Only readouts of the difference are shown (tokens, topics, steered/unsteered samples).  Fields
+that carry the answer (the organism's description, relevance verdicts graded against it) or
+where it came from (paths, model ids) are never read, so they cannot leak.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflens.errors import DifflensError
+
+MAX_SECTION_CHARS = 6000  # keeps one tool result well inside small models' context
+
+
+@dataclass
+class Results:
+    """What one agent may read: the overview text and named detail sections."""
+
+    method: str
+    overview: str
+    sections: dict[str, str] = field(default_factory=dict)
+
+    def detail(self, section: str) -> str:
+        if section not in self.sections:
+            raise DifflensError(
+                f"unknown section {section!r}; available: {', '.join(self.sections) or 'none'}")
+        text = self.sections[section]
+        return text if len(text) <= MAX_SECTION_CHARS else text[:MAX_SECTION_CHARS] + "\n[...]"
+
+
+def blackbox_results() -> Results:
+    return Results("blackbox", "No diffing results are available for this model. You can only "
+                               "learn about the finetune by asking the models.")
+
+
+def _load(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DifflensError(f"cannot read {path} ({exc}); rerun the method") from None
+
+
+def _toks(tokens: list[str], n: int = 20) -> str:
+    return ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens[:n])
+
+
+def adl_results(run_dir: Path | str) -> Results:
+    """Overview and sections of an ADL run directory (``difflens adl`` output)."""
+    run = Path(run_dir)
+    summary = _load(run / "summary.json")
+    lens = _load(run / "logit_lens.json")
+    if summary is None or lens is None:
+        raise DifflensError(f"{run} is not a finished ADL run (no summary.json/logit_lens.json)")
+    layer = str(summary["layer"])
+    info = lens["layers"][layer]
+    lines = [f"Activation Difference Lens: mean activation difference (finetuned - base) on the "
+             f"first {len(info['positions'])} tokens of unrelated web text, read at layer {layer}.",
+             "", "Logit lens of the difference, top tokens per position:"]
+    for j, row in enumerate(info["positions"]):
+        lines.append(f"  position {j}: {_toks(row['tokens'])}")
+    lines.append(f"  mean of positions 1+: {_toks(info['mean']['tokens'])}")
+    sections = {"logit_lens": _lens_section(lens)}
+    patch = _load(run / "patchscope.json")
+    if patch and patch.get("chosen"):
+        chosen = patch["chosen"]
+        lines += ["", f"Patchscope (scale {chosen.get('scale')}): coherent tokens "
+                      f"{_toks(chosen.get('coherent_tokens') or [])}",
+                  f"  all top tokens: {_toks(chosen.get('tokens') or [])}"]
+        sections["patchscope"] = "\n".join(
+            f"scale {row['scale']}: {_toks(row['tokens'], 40)}" for row in patch.get("scales", []))
+    steer = _load(run / "steering.json")
+    samples = (steer or {}).get("samples") or {}
+    if samples.get("steered"):
+        lines += ["", f"Steering the finetuned model with the difference (strength "
+                      f"{steer.get('alpha')}): steered vs unsteered answers"]
+        lines += _samples(samples, limit=3)
+        sections["steering"] = "\n".join(_samples(samples, limit=None))
+    lines += ["", f"Sections for get_detail: {', '.join(sections)}."]
+    return Results("adl", "\n".join(lines), sections)
+
+
+def _lens_section(lens: dict[str, Any]) -> str:
+    out = []
+    for layer, info in sorted(lens["layers"].items(), key=lambda kv: int(kv[0])):
+        out.append(f"layer {layer}: mean {_toks(info['mean']['tokens'], 30)}")
+        out.append(f"  negative direction: {_toks(info['negative']['tokens'], 15)}")
+    return "\n".join(out)
+
+
+def _samples(samples: dict[str, Any], limit: int | None) -> list[str]:
+    prompts = samples.get("prompts") or []
+    steered, unsteered = samples.get("steered") or [], samples.get("unsteered") or []
+    rows = []
+    for i, prompt in enumerate(prompts[:limit]):
+        rows.append(f"  Prompt: {prompt}")
+        if i < len(steered):
+            rows.append(f"    steered: {steered[i]}")
+        if i < len(unsteered):
+            rows.append(f"    unsteered: {unsteered[i]}")
+    return rows
+
+
+def mining_results(run_dir: Path | str) -> Results:
+    """Overview and sections of a Diff Mining run directory (``difflens mine`` output)."""
+    run = Path(run_dir)
+    summary = _load(run / "summary.json")
+    if summary is None:
+        raise DifflensError(f"{run} is not a finished Diff Mining run (no summary.json)")
+    promoted = [r["token"] for r in summary.get("promoted") or []]
+    suppressed = [r["token"] for r in summary.get("suppressed") or []]
+    lines = ["Diff Mining: tokens whose logit the finetune raises most often on unrelated text.",
+             f"Most promoted tokens: {_toks(promoted)}",
+             f"Most suppressed tokens: {_toks(suppressed, 10)}"]
+    sections = {"promoted": _toks(promoted, 100), "suppressed": _toks(suppressed, 100)}
+    topics = (summary.get("topics") or {}).get("topics") or []
+    if topics:
+        lines.append("Token groups (NMF topics):")
+        lines += [f"  group {t['topic']}: {_toks(t['tokens'], 12)}" for t in topics]
+        sections["topics"] = "\n".join(f"group {t['topic']}: {_toks(t['tokens'], 40)}"
+                                        for t in topics)
+    examples = summary.get("examples") or []
+    if examples:
+        sections["examples"] = "\n".join(
+            f"{e['token']}: " + " | ".join(x.get("context", "") for x in e["examples"][:3])
+            for e in examples)
+    lines += ["", f"Sections for get_detail: {', '.join(sections)}."]
+    return Results("mining", "\n".join(lines), sections)

@@ -1,0 +1,100 @@
+"""`difflens eval` end to end against the scripted server, with tiny models and synthetic runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from difflens.cli import main
+from difflens.evaluation import bootstrap_ci, summarize
+from openai_server import Rule, openai_server_fixture  # noqa: F401 (registers the fixture)
+from test_agent import OPENING, write_adl_run, write_mining_run
+
+
+@pytest.fixture(autouse=True)
+def _eval_command(monkeypatch):
+    """Register `difflens eval` until commands.py does it itself (then this is a no-op)."""
+    import difflens.commands as commands
+    from difflens.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    if "eval" not in sub.choices:
+        from difflens.evaluation.cli import add_parser
+
+        original = commands.register_all
+
+        def register_all(subparsers):
+            original(subparsers)
+            add_parser(subparsers)
+
+        monkeypatch.setattr(commands, "register_all", register_all)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_bootstrap_and_summary():
+    assert bootstrap_ci([]) is None
+    assert bootstrap_ci([3.0]) == {"value": 3.0, "low": 3.0, "high": 3.0}
+    ci = bootstrap_ci([1, 2, 3, 4, 5], n_boot=500)
+    assert ci["low"] <= 3 <= ci["high"] and ci["low"] < ci["high"]
+    rows = [{"agent": "a", "grade": g} for g in (1, 2, 4, 5)] + [{"agent": "a", "grade": None}]
+    (row,) = summarize(rows, ["agent"], n_boot=200)
+    assert row["n"] == 4 and row["errors"] == 1
+    assert row["ge2"]["value"] == 0.75 and row["ge4"]["value"] == 0.5
+
+
+def test_eval_cli_end_to_end(openai_server, tmp_path, tiny_dir, tiny_ft_dir, capsys):
+    (tmp_path / "runs" / "cake_bake" / "adl").mkdir(parents=True)
+    (tmp_path / "runs" / "cake_bake" / "mining").mkdir(parents=True)
+    write_adl_run(tmp_path / "runs" / "cake_bake" / "adl")
+    write_mining_run(tmp_path / "runs" / "cake_bake" / "mining")
+    write_json_rel = tmp_path / "runs" / "cake_bake" / "adl" / "relevance.json"
+    write_json_rel.write_text(json.dumps({"readouts": {"patchscope": {"fraction": 0.6}}}))
+    ask = {"name": "ask_model", "arguments": {"question": "What do you know?"}}
+    final = {"name": "final_answer", "arguments": {"description": "False cake baking facts."}}
+    openai_server.add(
+        Rule("You have no diffing results", tool_calls=[
+            {"name": "final_answer", "arguments": {"description": "I do not know."}}]),
+        Rule(OPENING, tool_calls=[ask]),
+        Rule("[finetuned model]", tool_calls=[final]),
+        Rule("REFUSED", tool_calls=[final]),
+        Rule("I do not know", reply="Nothing specific. SCORE: 1"),
+        Rule("Hypothesis to grade", reply="Right domain and claims. SCORE: 4"),
+    )
+    out = tmp_path / "eval"
+    argv = ["eval", "--organisms", "cake_bake", "--runs-root", str(tmp_path / "runs"),
+            "--budgets", "0", "1", "--repeats", "2", "--grade-repeats", "2", "--n-boot", "200",
+            "--llm-base-url", openai_server.base_url, "--llm-model", "test-model",
+            "--llm-api-key-env", "DIFFLENS_TEST_KEY", "--base", str(tiny_dir),
+            "--finetuned", str(tiny_ft_dir), "--max-new-tokens", "6", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "eval.json").read_text())
+    table = (out / "table.txt").read_text()
+    assert "grade>=2" in table and "blackbox" in table
+    rows = {(r["agent"], r["budget"]): r for r in report["summary"]}
+    assert set(rows) == {(a, b) for a in ("adl", "mining", "blackbox") for b in (0, 1)}
+    assert rows[("adl", 1)]["grade"] == {"value": 4.0, "low": 4.0, "high": 4.0}
+    assert rows[("blackbox", 0)]["ge2"]["value"] == 0.0 and rows[("adl", 0)]["ge4"]["value"] == 1
+    assert report["method_metrics"]["cake_bake"]["adl"]["token_relevance"] == {"patchscope": 0.6}
+    run = json.loads((out / "runs" / "cake_bake" / "adl_i1_r0.json").read_text())
+    assert run["interactions_used"] == 1 and run["accounting"]["calls"] == 2
+    assert run["description"] and run["transcript"] and run["grade"] == 4.0
+    for request in openai_server.chat_requests():
+        assert "cake_bake" not in json.dumps(request.body)
+    # A second run resumes: no new requests.
+    before = len(openai_server.chat_requests())
+    assert main(argv) == 0
+    assert len(openai_server.chat_requests()) == before
+
+
+def test_eval_needs_an_endpoint(capsys):
+    assert main(["eval", "--organisms", "cake_bake"]) == 2
+    assert "needs an LLM endpoint" in capsys.readouterr().err
