@@ -1,0 +1,183 @@
+"""Steering-search cost: batched look-ahead bisection vs sequential bisection, same decisions.
+
+Runs the ADL steering search on the embedded pair (gemma-3-270m + the shipped cake_bake
+organism) once sequentially (one strength per generate call) and once per look-ahead depth
+(2^depth − 1 strengths per call), checks that every variant made the same decisions, and
+reports generated tokens, token slots (rows × decoding steps actually computed), generation and
+grading time per variant, and the speed-up over sequential.
+
+Fallbacks, stated in the output: without the shipped organism the base is paired with itself
+and the vector is the unembedding row of " cake" (δ̄ would be zero); without the bundled
+reference corpus δ̄ is read from the shipped chat prompts; without the offline grader (MiniLM
+package) coherence is a repetition rule defined here.
+
+    python benchmarks/steering_search.py --threads 1 --prompts 8 --new-tokens 32 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+
+from difflens.data.corpus import chat_prompts, load_texts
+from difflens.errors import DifflensError
+from difflens.methods.adl.collect_stage import collect
+from difflens.methods.adl.config import default_depth
+from difflens.methods.adl.generation import SamplingConfig, base_perplexity
+from difflens.methods.adl.patchscope import unit_scaled
+from difflens.methods.adl.steering import SteeringConfig, search_strength
+from difflens.models.loading import EMBEDDED, LoadOptions, load_causal_lm
+from difflens.models.pair import ModelPair
+
+
+class RepetitionGrader:
+    """Fallback coherence: incoherent when under half of the word trigrams are distinct or a
+    word fills over 40% of the sample."""
+
+    def coherent(self, samples: list[str]) -> list[bool]:
+        out = []
+        for text in samples:
+            words = text.lower().split()
+            if len(words) < 4:
+                out.append(bool(words))
+                continue
+            tri = list(zip(words, words[1:], words[2:], strict=False))
+            top = max(words.count(w) for w in set(words)) / len(words)
+            out.append(len(set(tri)) / len(tri) >= 0.5 and top <= 0.4)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "benchmark repetition rule (distinct-3 >= 0.5, top word <= 40%)"}
+
+
+def load_pair(notes: list[str]) -> ModelPair:
+    try:
+        return ModelPair.load()
+    except (DifflensError, OSError) as exc:
+        notes.append(f"shipped organism unavailable ({exc}); the base is paired with itself")
+        model, tokenizer = load_causal_lm(EMBEDDED, LoadOptions())
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return ModelPair.from_models(model, model, tokenizer)
+
+
+def steering_vector(pair: ModelPair, layer: int, n_texts: int, notes: list[str]):
+    """(raw vector, ν_ft) at ``layer``: δ̄ over positions 1..4 of ``n_texts`` unrelated texts."""
+    try:
+        texts = load_texts("reference", limit=n_texts)
+    except DifflensError as exc:
+        notes.append(f"reference corpus unavailable ({exc}); δ̄ read from the chat prompts")
+        texts = chat_prompts()
+    diff = collect(pair, texts, [layer], k=5, batch_size=32, progress=False)
+    vector, norm_ft = diff.vector(layer), diff.norms["ft"][layer]
+    ratio = float(vector.norm()) / norm_ft
+    notes.append(f"δ̄ from {diff.stats.count} texts; ‖δ̄‖/ν_ft = {ratio:.4f}")
+    if float(vector.norm()) == 0.0:
+        token = pair.tokenizer.convert_tokens_to_ids("▁cake")
+        vector = pair.arch("ft").unembed.weight[token].detach().float().clone()
+        notes.append("δ̄ is zero (identical models): steering with the unembedding row of ' cake'")
+    return vector, norm_ft
+
+
+def make_grader(pair: ModelPair, notes: list[str]) -> Any:
+    try:
+        from difflens.graders.factory import make_grader as factory
+
+        return factory(None, base_perplexity(pair))
+    except Exception as exc:  # missing MiniLM package or grader module: use the local rule
+        notes.append(f"offline grader unavailable ({type(exc).__name__}: {exc}); repetition rule")
+        return RepetitionGrader()
+
+
+def run_variant(pair, v, layer, grader, prompts, config, lookahead) -> dict[str, Any]:
+    start = time.perf_counter()
+    result, probe = search_strength(pair, v, layer, grader, prompts, config, lookahead)
+    return {
+        "lookahead": lookahead,
+        "alpha": result.alpha,
+        "found": result.found,
+        "decisions": result.decisions,
+        "rounds": result.rounds,
+        "strengths_tried": len(result.probes),
+        "generated_tokens": probe.generated_tokens,
+        "token_slots": probe.token_slots,
+        "generate_seconds": round(probe.generate_seconds, 2),
+        "grade_seconds": round(probe.grade_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "batches": [{k: b[k] for k in ("alphas", "rows", "token_slots", "seconds")}
+                    for b in probe.log],
+        "probes": [(p.alpha, p.coherent_fraction) for p in result.probes],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8, help="search prompts")
+    parser.add_argument("--final-prompts", type=int, default=20,
+                        help="unsteered rows carried by the first batch")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--alpha-max", type=float, default=2.0)
+    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--lookahead", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a shared 2-core machine)")
+    parser.add_argument("--texts", type=int, default=200, help="texts for δ̄")
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    pair = load_pair(notes)
+    model_type = getattr(pair.arch("ft").model.config, "model_type", "")
+    layer = pair.arch("ft").resolve_layer(default_depth(model_type))
+    vector, norm_ft = steering_vector(pair, layer, args.texts, notes)
+    grader = make_grader(pair, notes)
+    setup = time.perf_counter() - t0
+
+    from difflens.data.chat import chat_prompt
+
+    prompts = [chat_prompt(pair.tokenizer, p) for p in chat_prompts()]
+    config = SteeringConfig(
+        alpha_max=args.alpha_max, tolerance=args.tolerance, search_prompts=args.prompts,
+        final_prompts=args.final_prompts,
+        sampling=SamplingConfig(max_new_tokens=args.new_tokens),
+    )
+    v = unit_scaled(vector, norm_ft)
+    variants = [run_variant(pair, v, layer, grader, prompts, config, 1)]
+    for depth in args.lookahead:
+        variants.append(run_variant(pair, v, layer, grader, prompts, config, depth))
+    seq = variants[0]
+    for var in variants[1:]:
+        var["same_decisions"] = var["decisions"] == seq["decisions"]
+        var["speedup_generate"] = round(seq["generate_seconds"] / var["generate_seconds"], 2)
+        var["speedup_wall"] = round(seq["wall_seconds"] / var["wall_seconds"], 2)
+        var["token_slots_ratio"] = round(var["token_slots"] / seq["token_slots"], 2)
+    report = {
+        "pair": {"base": pair.base_id, "finetuned": pair.ft_id}, "layer": layer,
+        "norm_ft": norm_ft, "notes": notes, "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "grader": getattr(grader, "describe", lambda: {})(),
+        "config": config.to_dict(), "setup_seconds": round(setup, 1), "variants": variants,
+    }
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    print(text)
+    print("\nlookahead  rounds  tried  tokens  slots  gen_s  grade_s  wall_s  speedup  same")
+    for var in variants:
+        print(f"{var['lookahead']:>9}  {var['rounds']:>6}  {var['strengths_tried']:>5}  "
+              f"{var['generated_tokens']:>6}  {var['token_slots']:>5}  "
+              f"{var['generate_seconds']:>5}  {var['grade_seconds']:>7}  "
+              f"{var['wall_seconds']:>6}  {var.get('speedup_wall', 1.0):>7}  "
+              f"{var.get('same_decisions', True)}")
+
+
+if __name__ == "__main__":
+    main()

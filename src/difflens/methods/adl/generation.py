@@ -1,0 +1,319 @@
+"""Batched generation from one side of a pair, with per-row steering and per-row sampling noise.
+
+Two properties the steering search relies on:
+
+* **Per-row steering.** Every row of a batch carries its own ``(vector, layer, alpha)``; rows
+  that share a layer share one hook adding a ``(B, d)`` tensor (zero rows for unsteered ones), so
+  many strengths and an unsteered baseline run in one ``generate`` call.
+* **Per-row random streams.** Each row samples with its own ``torch.Generator`` seeded from
+  ``(seed, row key)``, one uniform draw per step.  A row's continuation therefore does not
+  depend on which other rows share its batch, nor on the batch size: a strength evaluated inside
+  a large look-ahead batch gives the same samples as evaluated alone, so batched and sequential
+  searches can make identical decisions.  Using the same key for a prompt at every strength
+  also gives common random numbers across strengths, which makes their coherence comparable.
+  (Exact up to float rounding: another batch shape or padding width can change logits by
+  ~1e-6, which flips a draw only when it lands that close to a CDF boundary.)
+
+Sampling runs as the last logits processor of ``transformers``' ``generate`` in greedy mode: the
+processor draws the token and returns logits that are ``-inf`` everywhere else, so the greedy
+step picks exactly that token whatever defaults the model's generation config carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from difflens.data.tokenize import encode
+from difflens.models.hooks import add_vector, capture, run_forward
+from difflens.models.pair import BASE, FT
+
+if TYPE_CHECKING:
+    from difflens.models.pair import ModelPair
+
+#: Row-key stride between a seed and the next: keys below it never collide across seeds.
+_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How continuations are drawn; recorded next to every set of samples."""
+
+    max_new_tokens: int = 48  # new tokens per sample (rows stop early at an end-of-turn token)
+    do_sample: bool = True  # False: greedy (argmax), the noise below is unused
+    temperature: float = 0.7  # logits / T before top-k / top-p
+    top_p: float = 0.9  # nucleus: smallest candidate set with this much probability
+    top_k: int = 100  # candidates considered before top-p (0 = all: a full vocabulary sort)
+    seed: int = 0  # base of every row's random stream
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class Steer(NamedTuple):
+    """Steering of one row: ``alpha * vector`` added at ``layer`` at every position."""
+
+    vector: torch.Tensor | None  # (d,); None = unsteered
+    layer: int
+    alpha: float
+
+
+@dataclass
+class Generations:
+    """Continuations of one :func:`generate` call, in the order of its prompts."""
+
+    texts: list[str]  # decoded new text only, cut at the first end token
+    new_tokens: list[int]  # tokens generated per row (its end token included)
+    steps: int  # decoding steps run, summed over chunks (each runs to its longest row)
+    token_slots: int  # rows × steps summed over chunks: tokens the model actually computed
+    seconds: float
+
+    @property
+    def total_new_tokens(self) -> int:
+        return sum(self.new_tokens)
+
+
+# -- pure core ----------------------------------------------------------------------------------
+def sample_tokens(
+    logits: torch.Tensor, uniform: torch.Tensor, temperature: float, top_p: float, top_k: int
+) -> torch.Tensor:
+    """Draw one token per row by inverse CDF over the top-k / top-p candidates.
+
+    Args:
+        logits: ``(B, V)`` next-token logits.
+        uniform: ``(B,)`` draws in [0, 1), one per row (from that row's own stream).
+    Returns:
+        ``(B,)`` token ids.  The candidates' probabilities are taken from the softmax over the
+        full vocabulary, so top-p means the same as without the top-k cap whenever the top-k
+        tokens hold at least ``top_p`` of the mass.
+    """
+    scaled = logits.float() / max(temperature, 1e-6)
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    k = scaled.shape[-1] if top_k <= 0 else min(top_k, scaled.shape[-1])
+    values, ids = scaled.topk(k, dim=-1)  # sorted, largest first
+    probs = (values - log_z).exp()
+    before = probs.cumsum(-1) - probs  # mass strictly ahead of each candidate
+    probs = probs * (before < top_p)  # the top candidate is always kept
+    cdf = probs.cumsum(-1)
+    target = uniform.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
+    choice = (cdf <= target).sum(-1).clamp(max=k - 1)
+    return ids.gather(1, choice[:, None]).squeeze(1)
+
+
+def row_seed(seed: int, key: int) -> int:
+    """Seed of the random stream of the row with ``key`` under the run's ``seed``."""
+    return seed * _SEED_STRIDE + key
+
+
+class _RowSampler:
+    """Logits processor drawing each row's token from its own stream (see module docstring)."""
+
+    def __init__(self, config: SamplingConfig, keys: Sequence[int]) -> None:
+        self.config = config
+        self.generators = [
+            torch.Generator().manual_seed(row_seed(config.seed, key)) for key in keys
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.do_sample:
+            uniform = torch.cat([torch.rand(1, generator=g) for g in self.generators])
+            chosen = sample_tokens(scores, uniform, cfg.temperature, cfg.top_p, cfg.top_k)
+        else:
+            chosen = scores.argmax(-1)
+        out = torch.full_like(scores, -math.inf)
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+
+# -- model-facing helpers -----------------------------------------------------------------------
+def end_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Token ids that end a sample: EOS, the model's configured EOS, Gemma's ``<end_of_turn>``."""
+    ids: set[int] = set()
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        candidates.append(config.eos_token_id)
+    for token in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>"):
+        # convert_tokens_to_ids, not `in get_vocab()`: the latter builds a 262k-entry dict.
+        found = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(found, int) and found != tokenizer.unk_token_id:
+            candidates.append(found)
+    for cand in candidates:
+        if isinstance(cand, int):
+            ids.add(cand)
+        elif isinstance(cand, (list, tuple)):
+            ids.update(int(c) for c in cand)
+    return sorted(ids)
+
+
+def left_padded(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``prompts``, left-padded so every prompt ends at -1.
+
+    Padding is built here rather than by flipping ``tokenizer.padding_side``, so a tokenizer
+    shared with other code is never mutated.  Each prompt gets exactly one BOS (chat templates
+    already write it).  Returns ``(B, T)`` ids and ``(B, T)`` mask.
+    """
+    rows = [encode(tokenizer, p) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def _steering_hooks(stack: ExitStack, arch: Any, steering: Sequence[Steer | None]) -> None:
+    """Enter one ``add_vector`` hook per steered layer with a ``(B, d)`` per-row tensor."""
+    by_layer: dict[int, torch.Tensor] = {}
+    device = next(arch.model.parameters()).device  # built there once, not copied every step
+    for row, steer in enumerate(steering):
+        if steer is None or steer.vector is None or steer.alpha == 0:
+            continue
+        layer = arch.resolve_layer(steer.layer)
+        if layer not in by_layer:
+            by_layer[layer] = torch.zeros(len(steering), arch.hidden_size, device=device)
+        by_layer[layer][row] = float(steer.alpha) * steer.vector.detach().float().to(device)
+    for layer, vectors in by_layer.items():
+        stack.enter_context(add_vector(arch, layer, vectors, positions=None))
+
+
+@torch.inference_mode()
+def _generate_chunk(
+    model: Any, arch: Any, tokenizer: Any, prompts: Sequence[str], sampling: SamplingConfig,
+    steering: Sequence[Steer | None], keys: Sequence[int], ends: list[int],
+) -> tuple[list[str], list[int], int]:
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    ids, mask = left_padded(tokenizer, prompts)
+    device = next(model.parameters()).device
+    # Explicit neutral values: unset fields would be filled from the model's generation config.
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens, min_new_tokens=0, do_sample=False,
+        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+        eos_token_id=ends, pad_token_id=_pad_id(tokenizer),
+    )
+    with ExitStack() as stack:
+        _steering_hooks(stack, arch, steering)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+            logits_processor=LogitsProcessorList([_RowSampler(sampling, keys)]),
+        )
+    new = out[:, ids.shape[1]:].cpu()
+    texts, counts = [], []
+    end_set = set(ends)
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in end_set), None)
+        kept = row if cut is None else row[:cut]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+        counts.append(len(row) if cut is None else cut + 1)
+    return texts, counts, new.shape[1]
+
+
+def generate(
+    pair: ModelPair,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    steering: Sequence[Steer | None] | None = None,
+    keys: Sequence[int] | None = None,
+    batch_size: int = 64,
+    side: str = FT,
+) -> Generations:
+    """Continue every prompt, each row with its own steering and random stream.
+
+    Args:
+        prompts: fully rendered prompts (use :func:`difflens.data.chat.chat_prompt` for chat).
+        steering: one :class:`Steer` (or None) per prompt; None = no steering at all.
+        keys: one integer per prompt naming its random stream (default: the row index).  Give
+            equal keys to rows that should share noise, e.g. one prompt at several strengths.
+        batch_size: rows per ``generate`` call; longer inputs run in chunks, which changes
+            nothing in the results (rows are independent) but bounds memory.
+        side: ``"ft"`` (default) or ``"base"``.
+    """
+    n = len(prompts)
+    steering = list(steering) if steering is not None else [None] * n
+    keys = list(keys) if keys is not None else list(range(n))
+    if len(steering) != n or len(keys) != n:
+        raise ValueError(f"{n} prompts but {len(steering)} steering rows and {len(keys)} keys")
+    texts: list[str] = []
+    counts: list[int] = []
+    steps = slots = 0
+    start = time.perf_counter()
+    with pair.use(side) as (model, arch):
+        ends = end_token_ids(pair.tokenizer, model)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            t, c, s = _generate_chunk(model, arch, pair.tokenizer, prompts[lo:hi], sampling,
+                                      steering[lo:hi], keys[lo:hi], ends)
+            texts += t
+            counts += c
+            steps += s
+            slots += s * (hi - lo)
+    return Generations(texts, counts, steps, slots, time.perf_counter() - start)
+
+
+# -- perplexity for the offline coherence grader -------------------------------------------------
+def base_perplexity(
+    pair: ModelPair, batch_size: int = 8, max_tokens: int = 256
+) -> Callable[[list[str]], list[float]]:
+    """A ``texts -> perplexities`` function under the BASE model (adapter disabled).
+
+    Each text is scored on its own with one BOS prepended (``exp`` of the mean next-token NLL of
+    its tokens, at most ``max_tokens``).  Texts are right-padded in batches; logits are computed
+    from the last layer's output one row at a time, so memory stays at ``T × V`` instead of
+    ``B × T × V`` (262k-token vocabularies make the latter gigabytes).  A text with no tokens
+    gets ``inf``.
+    """
+
+    def perplexity(texts: list[str]) -> list[float]:
+        out: list[float] = []
+        for lo in range(0, len(texts), batch_size):
+            out += _batch_perplexity(pair, texts[lo:lo + batch_size], max_tokens)
+        return out
+
+    return perplexity
+
+
+@torch.inference_mode()
+def _batch_perplexity(pair: ModelPair, texts: Sequence[str], max_tokens: int) -> list[float]:
+    tok = pair.tokenizer
+    rows = [encode(tok, t)[: max_tokens + 1] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    with pair.use(BASE) as (model, arch):
+        last = arch.num_layers - 1
+        device = next(model.parameters()).device
+        with capture(arch, [last]) as store:
+            run_forward(model, input_ids=ids.to(device), attention_mask=mask.to(device))
+        hidden = store[last]  # (B, T, d): the residual output entering the final norm
+        result = []
+        for i, row in enumerate(rows):
+            n = len(row) - 1  # predicted tokens (the BOS is context only)
+            if n <= 0:
+                result.append(math.inf)
+                continue
+            logits = arch.logits(hidden[i, :n]).float()  # (n, V)
+            target = ids[i, 1 : n + 1].to(logits.device)
+            nll = torch.nn.functional.cross_entropy(logits, target)
+            result.append(float(nll.exp()))
+    return result

@@ -1,0 +1,351 @@
+"""Steering with δ̄: the largest coherent strength, found by batched look-ahead bisection.
+
+Strengths α are in units of ν_ft: the finetuned model gets ``α·v`` (``v = δ̄/‖δ̄‖ · ν_ft``) added
+at every position of the readout layer while it answers neutral chat prompts.  A strength is
+*coherent* when at least ``coherent_fraction`` (75%) of its samples pass ``grader.coherent``.
+
+The search bisects ``[0, α_max]`` for ``steps = ceil(log2(α_max / tolerance))`` decisions.  The
+sequential form generates one strength per decision.  The batched form looks ``lookahead``
+decisions ahead: it generates all ``2^lookahead − 1`` midpoints the next decisions could need in
+ONE batch, then replays the sequential decisions from that table.  Generation rows are
+independent of their batch (see :mod:`generation`), so both forms evaluate identical samples at
+identical strengths and make identical decisions; the batched one needs ``lookahead`` times
+fewer rounds at the price of some speculative strengths.
+
+Bisection assumes coherence falls with α.  When it does not, the result is still a strength
+that passed with a failing one ≤ tolerance above it, not necessarily the largest such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from difflens.data.chat import chat_prompt
+from difflens.methods.adl.generation import SamplingConfig, Steer, generate
+from difflens.methods.adl.patchscope import unit_scaled
+
+if TYPE_CHECKING:
+    from difflens.models.pair import ModelPair
+
+Evaluate = Callable[[list[float]], list[float]]
+"""strengths -> coherent fraction of each strength's samples."""
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """Settings of the steering search and of the final samples (all recorded in the result)."""
+
+    alpha_max: float = 2.0  # upper end of the bracket, in units of ν_ft (2 typical norms)
+    tolerance: float = 0.05  # stop once the bracket is at most this wide (ν_ft units)
+    coherent_fraction: float = 0.75  # share of coherent samples for a strength to pass
+    lookahead: int = 2  # decisions per batched round: 2^lookahead − 1 strengths per batch
+    search_prompts: int = 8  # first prompts used by the search
+    samples_per_prompt: int = 1  # samples per search prompt and strength
+    final_prompts: int = 20  # prompts of the final steered / unsteered samples
+    batch_size: int = 64  # rows per generate call (memory cap; results do not depend on it)
+    unsteered_reference: bool = True  # give the unsteered samples to grader.set_reference
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @property
+    def steps(self) -> int:
+        """Bisection decisions needed to bring ``[0, α_max]`` down to ``tolerance``."""
+        return max(1, math.ceil(math.log2(self.alpha_max / self.tolerance)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["steps"] = self.steps
+        return out
+
+    def replace(self, **changes: Any) -> SteeringConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Probe:
+    """One strength tried: its coherent fraction and whether a decision used it."""
+
+    alpha: float
+    coherent_fraction: float
+    round: int
+    on_path: bool = False
+
+
+@dataclass
+class SearchResult:
+    """Outcome of a bisection; ``alpha`` is the largest strength that passed (None: none)."""
+
+    found: bool
+    alpha: float | None
+    bracket: tuple[float, float]
+    probes: list[Probe]
+    decisions: list[tuple[float, bool]]  # (strength, passed) in decision order
+    rounds: int
+    reason: str | None = None
+
+    @property
+    def upper_bound_coherent(self) -> bool:
+        """Every decision passed: the boundary may lie above α_max."""
+        return bool(self.decisions) and all(ok for _, ok in self.decisions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "found": self.found, "alpha": self.alpha, "bracket": list(self.bracket),
+            "reason": self.reason, "rounds": self.rounds,
+            "upper_bound_coherent": self.upper_bound_coherent,
+            "decisions": [{"alpha": a, "coherent": ok} for a, ok in self.decisions],
+            "probes": [dataclasses.asdict(p) for p in self.probes],
+        }
+
+
+# -- pure core ----------------------------------------------------------------------------------
+def decision_tree(lo: float, hi: float, depth: int) -> list[float]:
+    """Every midpoint the next ``depth`` bisection decisions of ``[lo, hi]`` could ask for.
+
+    Midpoints are computed as ``(lo + hi) / 2`` exactly as a sequential bisection would, so the
+    replay in :func:`bisect` finds them by exact float equality.  ``2^depth − 1`` values, sorted.
+    """
+    if depth <= 0:
+        return []
+    mid = (lo + hi) / 2
+    return sorted([*decision_tree(lo, mid, depth - 1), mid, *decision_tree(mid, hi, depth - 1)])
+
+
+def bisect(
+    evaluate: Evaluate, alpha_max: float, steps: int, threshold: float, lookahead: int = 1
+) -> SearchResult:
+    """Bisect ``[0, alpha_max]`` for the largest strength whose fraction is ≥ ``threshold``.
+
+    ``lookahead = 1`` is the plain sequential search; larger values batch the next
+    ``lookahead`` decisions into one ``evaluate`` call (same decisions, fewer calls).  0 is
+    assumed to pass and ``alpha_max`` to fail; neither is evaluated.
+    """
+    if lookahead < 1:
+        raise ValueError(f"lookahead must be >= 1, got {lookahead}")
+    lo, hi = 0.0, float(alpha_max)
+    probes: list[Probe] = []
+    decisions: list[tuple[float, bool]] = []
+    rounds = 0
+    while len(decisions) < steps:
+        depth = min(lookahead, steps - len(decisions))
+        points = decision_tree(lo, hi, depth)
+        fractions = evaluate(points)
+        if len(fractions) != len(points):
+            raise ValueError(f"evaluate returned {len(fractions)} values for {len(points)}")
+        rounds += 1
+        table = {}
+        for alpha, frac in zip(points, fractions, strict=True):
+            table[alpha] = Probe(alpha, float(frac), rounds)
+            probes.append(table[alpha])
+        for _ in range(depth):
+            mid = (lo + hi) / 2
+            probe = table[mid]
+            probe.on_path = True
+            passed = probe.coherent_fraction >= threshold
+            decisions.append((mid, passed))
+            lo, hi = (mid, hi) if passed else (lo, mid)
+    found = lo > 0.0
+    reason = None
+    if not found:
+        smallest = min(probes, key=lambda p: p.alpha)
+        reason = (f"no strength above 0 kept {threshold:.0%} of samples coherent (smallest tried: "
+                  f"α={smallest.alpha:.4g}, {smallest.coherent_fraction:.0%} coherent)")
+    return SearchResult(found, lo if found else None, (lo, hi), probes, decisions, rounds, reason)
+
+
+# -- model-facing -------------------------------------------------------------------------------
+class CoherenceProbe:
+    """``evaluate`` for :func:`bisect`: generates every strength × search prompt in one batch and
+    asks the grader which samples are coherent; keeps samples, token counts and time.
+
+    The unsteered samples of all final prompts ride along in the first batch: they are the
+    grader's coherence reference (set before anything is judged), the final unsteered samples,
+    and (those of the search prompts, judged with the first round) the baseline coherence.
+    """
+
+    def __init__(self, pair: ModelPair, v: torch.Tensor, layer: int, grader: Any,
+                 prompts: Sequence[str], config: SteeringConfig) -> None:
+        self.pair, self.v, self.layer, self.grader, self.config = pair, v, layer, grader, config
+        self.final = list(prompts[: config.final_prompts])
+        self.search = self.final[: config.search_prompts]
+        self.unsteered: list[str] | None = None
+        self.baseline: float | None = None  # coherent share of the unsteered search samples
+        self.log: list[dict[str, Any]] = []  # one entry per evaluate call
+        self.generated_tokens = self.token_slots = 0
+        self.generate_seconds = self.grade_seconds = 0.0
+
+    def unsteered_rows(self) -> tuple[list[str], list[Steer | None], list[int]]:
+        spp = self.config.samples_per_prompt
+        return self.final, [None] * len(self.final), [i * spp for i in range(len(self.final))]
+
+    def __call__(self, alphas: list[float]) -> list[float]:
+        spp = self.config.samples_per_prompt
+        prompts, steers, keys = [], [], []
+        for alpha in alphas:
+            for i, prompt in enumerate(self.search):
+                for s in range(spp):
+                    prompts.append(prompt)
+                    steers.append(Steer(self.v, self.layer, alpha))
+                    keys.append(i * spp + s)  # same key at every strength: common noise
+        n_steered = len(prompts)
+        first = self.unsteered is None
+        if first:
+            extra = self.unsteered_rows()
+            prompts, steers, keys = prompts + extra[0], steers + extra[1], keys + extra[2]
+        gens = self.generate_rows(prompts, steers, keys)
+        texts = gens.texts[:n_steered]
+        baseline_texts: list[str] = []
+        if first:
+            self.set_unsteered(gens.texts[n_steered:])
+            baseline_texts = self.unsteered[: len(self.search)]
+        verdicts = self.judge(texts + baseline_texts)  # one grader call per round
+        if baseline_texts:
+            self.baseline = sum(verdicts[n_steered:]) / len(baseline_texts)
+        per = len(self.search) * spp
+        fractions = [sum(verdicts[j * per:(j + 1) * per]) / per for j in range(len(alphas))]
+        self.log.append({"alphas": list(alphas), "rows": len(prompts),
+                         "generated_tokens": gens.total_new_tokens,
+                         "token_slots": gens.token_slots, "seconds": round(gens.seconds, 3),
+                         "samples": {str(a): texts[j * per:(j + 1) * per]
+                                     for j, a in enumerate(alphas)}})
+        return fractions
+
+    def set_unsteered(self, texts: list[str]) -> None:
+        self.unsteered = texts
+        if self.config.unsteered_reference and hasattr(self.grader, "set_reference"):
+            self.grader.set_reference(texts)
+
+    def ensure_unsteered(self) -> list[str]:
+        """The unsteered final samples (generated now if no search batch carried them)."""
+        if self.unsteered is None:
+            self.set_unsteered(self.generate_rows(*self.unsteered_rows()).texts)
+            baseline = self.judge(self.unsteered[: len(self.search)])
+            self.baseline = sum(baseline) / len(baseline) if baseline else None
+        return self.unsteered
+
+    def judge(self, texts: list[str]) -> list[bool]:
+        start = time.perf_counter()
+        verdicts = [bool(v) for v in self.grader.coherent(texts)] if texts else []
+        self.grade_seconds += time.perf_counter() - start
+        if len(verdicts) != len(texts):
+            raise ValueError(f"grader returned {len(verdicts)} verdicts for {len(texts)} samples")
+        return verdicts
+
+    @property
+    def reference(self) -> str:
+        """What the grader compared samples with, for the record."""
+        if self.config.unsteered_reference and hasattr(self.grader, "set_reference"):
+            return f"the {len(self.unsteered or [])} unsteered samples"
+        return "the grader's own"
+
+    def generate_rows(self, prompts: list[str], steers: list[Steer | None], keys: list[int]) -> Any:
+        gens = generate(self.pair, prompts, self.config.sampling, steers, keys,
+                        batch_size=self.config.batch_size)
+        self.generated_tokens += gens.total_new_tokens
+        self.token_slots += gens.token_slots
+        self.generate_seconds += gens.seconds
+        return gens
+
+
+def search_strength(
+    pair: ModelPair, v: torch.Tensor, layer: int, grader: Any, prompts: Sequence[str],
+    config: SteeringConfig, lookahead: int | None = None,
+) -> tuple[SearchResult, CoherenceProbe]:
+    """Run the bisection on rendered ``prompts``; ``lookahead=1`` for the sequential search."""
+    probe = CoherenceProbe(pair, v, layer, grader, prompts, config)
+    result = bisect(probe, config.alpha_max, config.steps, config.coherent_fraction,
+                    config.lookahead if lookahead is None else lookahead)
+    return result, probe
+
+
+def final_samples(
+    pair: ModelPair, v: torch.Tensor, layer: int, alpha: float | None, probe: CoherenceProbe,
+) -> dict[str, Any]:
+    """Steered (at ``alpha``; none when None) and unsteered samples on the final prompts.
+
+    Row ``i`` of both uses random stream ``i``: steered and unsteered samples of a prompt differ
+    by the steering only.  The unsteered ones were usually generated with the first search batch.
+    """
+    unsteered = probe.ensure_unsteered()
+    steered: list[str] = []
+    seconds, tokens = 0.0, 0
+    if alpha is not None:
+        prompts, _, keys = probe.unsteered_rows()
+        gens = probe.generate_rows(prompts, [Steer(v, layer, alpha)] * len(prompts), keys)
+        steered, seconds, tokens = gens.texts, gens.seconds, gens.total_new_tokens
+    return {"alpha": alpha, "steered": steered, "unsteered": unsteered,
+            "steered_tokens": tokens, "steered_seconds": round(seconds, 3)}
+
+
+def steering_stage(
+    pair: ModelPair, vector: torch.Tensor, layer: int, norm_ft: float, grader: Any,
+    prompts: Sequence[str], config: SteeringConfig | None = None,
+) -> dict[str, Any]:
+    """Find the largest coherent steering strength and sample with it.
+
+    Args:
+        vector: raw δ̄ ``(d,)``; rescaled to ``v = δ̄/‖δ̄‖ · norm_ft``.
+        norm_ft: ν_ft at ``layer``; strengths are multiples of it.
+        grader: anything with ``coherent(list[str]) -> list[bool]`` (``set_reference`` is used
+            when present and ``config.unsteered_reference``).
+        prompts: neutral user messages (plain text; rendered with the chat template here), at
+            least ``config.final_prompts`` for the full sample set.
+    Returns:
+        A JSON-able dict:
+
+        - ``layer``, ``norm_ft``, ``vector_norm`` (‖δ̄‖), ``config`` (all settings, sampling
+          included, and the derived ``steps``);
+        - ``found``, ``alpha`` (ν_ft units; None when not found), ``reason`` (why not found);
+        - ``baseline_coherent_fraction``: the grader's verdict on the unsteered search samples
+          (low means the grader rejects the model's ordinary output), ``coherence_reference``;
+        - ``search``: ``probes`` (every strength tried: ``alpha``, ``coherent_fraction``,
+          ``round``, ``on_path``), ``decisions``, ``bracket``, ``rounds``,
+          ``upper_bound_coherent`` (every decision passed: raise ``alpha_max``), ``lookahead``,
+          ``generate_seconds``, ``grade_seconds`` and ``batches`` (per generate call: strengths,
+          rows, generated tokens, token slots, seconds, the samples per strength);
+        - ``samples``: ``prompts``, ``alpha``, ``steered`` (empty when not found),
+          ``unsteered``, ``steered_tokens``, ``steered_seconds``, ``sampling``;
+        - ``generated_tokens``, ``token_slots`` (rows × steps computed), ``seconds``, ``grader``.
+
+        No coherent strength, or a zero δ̄, is a result with ``found: false`` and a ``reason``,
+        not an error.
+    """
+    config = config or SteeringConfig()
+    if not prompts:
+        raise ValueError("steering needs at least one prompt")
+    rendered = [chat_prompt(pair.tokenizer, p) for p in prompts]
+    base = {"layer": layer, "norm_ft": float(norm_ft), "vector_norm": float(vector.norm()),
+            "config": config.to_dict()}
+    if float(vector.norm()) == 0.0:
+        return {**base, "found": False, "alpha": None,
+                "reason": "δ̄ is zero at this layer (the models do not differ)"}
+    start = time.perf_counter()
+    v = unit_scaled(vector, norm_ft)
+    result, probe = search_strength(pair, v, layer, grader, rendered, config)
+    search_seconds = (probe.generate_seconds, probe.grade_seconds)
+    samples = final_samples(pair, v, layer, result.alpha, probe)
+    describe = getattr(grader, "describe", None)
+    return {
+        **base,
+        "found": result.found,
+        "alpha": result.alpha,
+        "reason": result.reason,
+        "baseline_coherent_fraction": probe.baseline,
+        "coherence_reference": probe.reference,
+        "search": {**result.to_dict(), "lookahead": config.lookahead,
+                   "generate_seconds": round(search_seconds[0], 3),
+                   "grade_seconds": round(search_seconds[1], 3), "batches": probe.log},
+        "samples": {"prompts": list(prompts[: config.final_prompts]), **samples,
+                    "sampling": config.sampling.to_dict()},
+        "generated_tokens": probe.generated_tokens,
+        "token_slots": probe.token_slots,
+        "seconds": round(time.perf_counter() - start, 3),
+        "grader": describe() if callable(describe) else {"backend": type(grader).__name__},
+    }
+

@@ -1,0 +1,238 @@
+"""Batched generation, base perplexity and the steering search on a tiny random-init llama.
+
+The steering vector is the unembedding row of " fox": strong enough, it makes the model repeat
+" fox", and the test grader calls a sample incoherent when it holds " fox fox fox".  So the
+coherence boundary is a property of the model that the search has to find.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from difflens.data.chat import chat_prompt
+from difflens.methods.adl.generation import (
+    SamplingConfig,
+    Steer,
+    base_perplexity,
+    generate,
+    sample_tokens,
+)
+from difflens.methods.adl.steering import (
+    SteeringConfig,
+    bisect,
+    decision_tree,
+    search_strength,
+    steering_stage,
+)
+from difflens.models.hooks import capture
+from difflens.models.pair import ModelPair
+from tiny import tiny_model
+
+USER_PROMPTS = [
+    "Hello there", "Tell me a story.", "Why is the sky blue?", "Give me a recipe.",
+    "What is two plus two?", "Name a river.", "How do engines work?", "Write a letter.",
+    "What should I cook tonight?", "Describe the ocean.", "Explain gravity simply.",
+    "What is a good book?", "How do birds fly?", "Plan a weekend trip.", "What is music?",
+    "Tell me a joke.", "How are clouds made?", "Suggest a hobby.", "What is a computer?",
+    "Why do cats purr?",
+]
+LAYER = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads; on a shared 2-core machine spinning OpenMP threads
+    # make them ~50x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair(tokenizer):
+    model = tiny_model("llama", seed=0)
+    return ModelPair.from_models(model, model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def fox(pair):
+    token = pair.tokenizer.get_vocab()["Ġfox"]
+    return pair.arch("ft").unembed.weight[token].detach().clone()
+
+
+@pytest.fixture(scope="module")
+def norm_ft(pair):
+    ids = pair.tokenizer(["The quick brown fox jumps over the lazy dog near the river."],
+                         return_tensors="pt").input_ids
+    with capture(pair.arch("ft"), [LAYER], stop_early=False) as store, torch.inference_mode():
+        pair.ft_model(ids)
+    return float(store[LAYER][0, 5:].norm(dim=-1).mean())
+
+
+@pytest.fixture(scope="module")
+def rendered(pair):
+    return [chat_prompt(pair.tokenizer, p) for p in USER_PROMPTS]
+
+
+class FoxGrader:
+    """Incoherent = stuck repeating " fox"; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.reference: list[str] | None = None
+
+    def coherent(self, samples: list[str]) -> list[bool]:
+        self.calls += 1
+        return [" fox fox fox" not in s for s in samples]
+
+    def set_reference(self, samples: list[str]) -> None:
+        self.reference = list(samples)
+
+
+class NeverCoherent:
+    def coherent(self, samples: list[str]) -> list[bool]:
+        return [False] * len(samples)
+
+
+# -- pure cores ---------------------------------------------------------------------------------
+def test_sample_tokens_top_p_and_inverse_cdf():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    pick = [int(sample_tokens(logits, torch.tensor([u]), 1.0, 0.7, 0)) for u in (0.0, 0.6, 0.99)]
+    # top-p 0.7 keeps {0, 1} (mass 0.8), renormalised 0.625 / 0.375.
+    assert pick == [0, 0, 1]
+    assert int(sample_tokens(logits, torch.tensor([0.99]), 1.0, 1.0, 2)) == 1  # top-k cap
+    assert int(sample_tokens(logits, torch.tensor([0.99]), 1.0, 1.0, 0)) == 3
+
+
+def test_decision_tree_is_what_bisection_asks():
+    assert decision_tree(0.0, 2.0, 1) == [1.0]
+    assert decision_tree(0.0, 2.0, 2) == [0.5, 1.0, 1.5]
+    assert len(decision_tree(0.0, 2.0, 3)) == 7
+
+
+@pytest.mark.parametrize("lookahead", [2, 3, 4])
+def test_batched_bisection_makes_the_sequential_decisions(lookahead):
+    calls = {"seq": 0, "bat": 0}
+
+    def bumpy(alpha: float) -> float:  # not monotone: bisection must still agree with itself
+        return 1.0 if alpha < 0.77 or 1.1 < alpha < 1.3 else 0.5
+
+    def evaluator(name):
+        def evaluate(alphas):
+            calls[name] += 1
+            return [bumpy(a) for a in alphas]
+        return evaluate
+
+    seq = bisect(evaluator("seq"), 2.0, 7, 0.75, lookahead=1)
+    bat = bisect(evaluator("bat"), 2.0, 7, 0.75, lookahead=lookahead)
+    assert seq.decisions == bat.decisions and seq.alpha == bat.alpha
+    assert calls == {"seq": 7, "bat": math.ceil(7 / lookahead)}
+    assert seq.found and seq.bracket[1] - seq.bracket[0] == pytest.approx(2.0 / 2**7)
+    assert sum(p.on_path for p in bat.probes) == 7
+
+
+def test_bisection_reports_no_coherent_strength():
+    result = bisect(lambda alphas: [0.0] * len(alphas), 2.0, 4, 0.75, lookahead=2)
+    assert not result.found and result.alpha is None and "no strength" in result.reason
+    everything = bisect(lambda alphas: [1.0] * len(alphas), 2.0, 4, 0.75, lookahead=2)
+    assert everything.found and everything.upper_bound_coherent
+
+
+# -- generation ---------------------------------------------------------------------------------
+def test_per_row_vectors_match_each_strength_alone(pair, fox, norm_ft, rendered):
+    greedy = SamplingConfig(max_new_tokens=10, do_sample=False)
+    v = fox / fox.norm() * norm_ft
+    alphas = [0.0, 1.0, 1.5, 3.0]
+    prompts = rendered[:3]
+    rows = [(p, a) for a in alphas for p in prompts]
+    together = generate(pair, [p for p, _ in rows], greedy, [Steer(v, LAYER, a) for _, a in rows])
+    for j, alpha in enumerate(alphas):
+        alone = generate(pair, prompts, greedy, [Steer(v, LAYER, alpha)] * 3)
+        assert together.texts[3 * j:3 * j + 3] == alone.texts
+    plain = generate(pair, prompts, greedy)  # no hook at all == zero rows
+    assert plain.texts == together.texts[:3]
+    assert together.texts[-1].startswith(" fox fox fox")
+    assert together.token_slots == 12 * together.steps
+
+
+def test_sampling_is_seeded_per_row(pair, rendered):
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.7, seed=3)
+    mixed = generate(pair, [rendered[0], rendered[5], rendered[1]], cfg, keys=[7, 2, 9])
+    alone = generate(pair, [rendered[5]], cfg, keys=[2])
+    chunked = generate(pair, [rendered[0], rendered[5], rendered[1]], cfg, keys=[7, 2, 9],
+                       batch_size=2)
+    assert alone.texts[0] == mixed.texts[1]
+    assert chunked.texts == mixed.texts
+    other_seed = generate(pair, [rendered[5]], cfg.replace(seed=4), keys=[2])
+    assert other_seed.texts[0] != alone.texts[0]
+
+
+def test_base_perplexity_uses_the_base_and_batches(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    plain = tiny_model("llama", seed=0)
+    wrapped = get_peft_model(tiny_model("llama", seed=0), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    wrapped.eval()
+    texts = ["The quick brown fox.", "", "A river runs through the old town near the hills."]
+    adapter_pair = ModelPair.from_models(wrapped, wrapped, tokenizer)
+    assert adapter_pair.adapter
+    got = base_perplexity(adapter_pair, batch_size=2)(texts)
+    want = base_perplexity(ModelPair.from_models(plain, plain, tokenizer), batch_size=1)(texts)
+    assert got[1] == math.inf
+    assert got[0] == pytest.approx(want[0], rel=1e-4)
+    assert got[2] == pytest.approx(want[2], rel=1e-4)
+    assert 1.0 < got[0] < 1000.0  # random init over 400 tokens: near-uniform
+
+
+# -- the search ---------------------------------------------------------------------------------
+SEARCH = SteeringConfig(alpha_max=4.0, tolerance=0.1, search_prompts=8, final_prompts=20,
+                        sampling=SamplingConfig(max_new_tokens=16, temperature=0.05))
+
+
+def test_search_finds_the_boundary_batched_as_sequential(pair, fox, norm_ft, rendered):
+    v = fox / fox.norm() * norm_ft
+    batched, probe_b = search_strength(pair, v, LAYER, FoxGrader(), rendered, SEARCH)
+    sequential, probe_s = search_strength(pair, v, LAYER, FoxGrader(), rendered, SEARCH,
+                                          lookahead=1)
+    assert SEARCH.steps == 6
+    assert batched.found and 1.0 < batched.alpha < 2.0  # the repetition sets in there
+    assert batched.decisions == sequential.decisions and batched.alpha == sequential.alpha
+    assert (batched.rounds, sequential.rounds) == (3, 6)
+    assert len(batched.probes) == 9 and len(sequential.probes) == 6
+    assert probe_b.unsteered == probe_s.unsteered  # the baseline rode along in both
+
+
+def test_steering_stage_result(pair, fox, norm_ft):
+    grader = FoxGrader()
+    out = steering_stage(pair, fox, LAYER, norm_ft, grader, USER_PROMPTS, SEARCH)
+    json.dumps(out)
+    assert out["found"] and out["reason"] is None
+    assert 1.0 < out["alpha"] < 2.0
+    samples = out["samples"]
+    assert len(samples["steered"]) == len(samples["unsteered"]) == 20
+    assert samples["sampling"]["temperature"] == 0.05 and samples["sampling"]["seed"] == 0
+    assert grader.reference == samples["unsteered"]  # set before anything was judged
+    assert grader.calls == 3  # one grader call per round; the baseline rides with the first
+    assert out["baseline_coherent_fraction"] == 1.0
+    search = out["search"]
+    assert search["rounds"] == 3 and len(search["batches"]) == 3
+    assert search["batches"][0]["rows"] == 3 * 8 + 20  # 3 strengths + the unsteered rows
+    assert all(0.0 <= p["coherent_fraction"] <= 1.0 for p in search["probes"])
+    assert out["generated_tokens"] > 0 and out["token_slots"] >= out["generated_tokens"]
+    assert out["config"]["steps"] == 6
+
+
+def test_no_coherent_strength_is_a_result(pair, fox, norm_ft):
+    cfg = SEARCH.replace(final_prompts=4, search_prompts=4, tolerance=1.0)
+    out = steering_stage(pair, fox, LAYER, norm_ft, NeverCoherent(), USER_PROMPTS, cfg)
+    assert not out["found"] and out["alpha"] is None and "no strength" in out["reason"]
+    assert out["samples"]["steered"] == [] and len(out["samples"]["unsteered"]) == 4
+    zero = steering_stage(pair, torch.zeros_like(fox), LAYER, norm_ft, NeverCoherent(),
+                          USER_PROMPTS, cfg)
+    assert not zero["found"] and "zero" in zero["reason"]
