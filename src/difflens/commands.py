@@ -92,7 +92,8 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
                    help="what the finetune is about, for token relevance (default: the card's)")
     p.add_argument("--final-prompts", type=int, default=20,
                    help="neutral chat prompts for steered / unsteered samples (default 20)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens per generated sample (default 32 on CPU, 64 on GPU)")
     p.add_argument("--causal-texts", type=int, default=None,
                    help="texts per dataset in the causal test (default 16 on CPU, 128 on GPU)")
     p.add_argument("--causal-tokens", type=int, default=None,

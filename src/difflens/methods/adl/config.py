@@ -41,7 +41,7 @@ class ADLConfig:
     llm_model: str | None = None  # grader model name at that endpoint
     llm_api_key_env: str = "OPENAI_API_KEY"  # NAME of the env variable holding the key
     final_prompts: int = 20  # neutral chat prompts for steered / unsteered samples
-    max_new_tokens: int = 48  # tokens per generated sample
+    max_new_tokens: int | None = None  # tokens per generated sample (None: 32 CPU / 64 GPU)
     causal_texts: int | None = None  # texts per dataset in the causal test (None: 16 CPU/128 GPU)
     causal_tokens: int | None = None  # tokens per text in the causal test (None: 32 CPU/64 GPU)
     n_random: int = 16  # random baselines of each kind in the causal test

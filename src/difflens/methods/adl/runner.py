@@ -112,10 +112,13 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
 
     patch = json_stage("patchscope", lambda: patchscope_stage(
         pair, vector, layer, norm_ft, grader, top=config.top))
+    # Generation through a 262k-token head dominates ADL on CPU: 32 new tokens (~25 words) are
+    # enough to judge coherence and to embed; GPUs get 64.
+    gpu = str(pair.device).startswith("cuda")
+    new_tokens = config.max_new_tokens or (64 if gpu else 32)
     steering_config = SteeringConfig(final_prompts=config.final_prompts)
     steering_config = steering_config.replace(
-        sampling=steering_config.sampling.replace(max_new_tokens=config.max_new_tokens,
-                                                  seed=config.seed))
+        sampling=steering_config.sampling.replace(max_new_tokens=new_tokens, seed=config.seed))
     steer = json_stage("steering", lambda: steering_stage(
         pair, vector, layer, norm_ft, grader, chat_prompts(), steering_config))
 
@@ -142,7 +145,6 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         # Every direction needs its own full forward with the LM head (33 per batch): on CPU
         # the test is kept to 16 texts × 32 tokens per dataset (~1,000 predicted tokens, enough
         # to separate δ̄ from unit random directions), on GPU 128 × 64.
-        gpu = str(pair.device).startswith("cuda")
         json_stage("causal", lambda: causal_stage(
             pair, vector, layer, ft_texts, reference, n_random=config.n_random,
             n_texts=config.causal_texts or (128 if gpu else 16),
