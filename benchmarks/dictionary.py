@@ -15,17 +15,27 @@ Both implementations run from the same initial weights, with the same fraction o
 marked dead (so AuxK runs in both); one step of each is compared first to show they compute the
 same update.  The reference uses the default ``torch.optim.Adam``; the last lines time the
 optimiser step alone (default vs fused) so the share of the speed-up that comes from it is
-visible.  Usage::
+visible.
 
-    python benchmarks/dictionary.py                     # d=640, widths 2048 4096 8192
+The cache section times the activation cache's storage path on synthetic activations (no model):
+writing shards (serialisation, sha256, atomic write + fsync, manifest after each shard) and
+reading them back through the verifying, shuffling reader, in tokens/s and MB/s, as ratios to
+the raw disk speed measured in the same run (write + fsync, then read, of random files of the
+same sizes; the page cache is dropped for both before reading).  Usage::
+
+    python benchmarks/dictionary.py                     # d=640, widths 2048 4096 8192 + cache
     python benchmarks/dictionary.py --widths 2048 --steps 2
+    python benchmarks/dictionary.py --cache-only --cache-rows 131072
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -129,6 +139,92 @@ def adam_step_ms(width: int, d: int, steps: int) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def _drop_page_cache(files: list[Path]) -> None:
+    """Evict ``files`` from the page cache (clean pages; no root needed) so reads hit the disk."""
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def raw_disk(sizes: list[int], root: Path) -> tuple[float, float]:
+    """Seconds to write (+ fsync) and to read back random files of ``sizes`` bytes."""
+    blobs = [os.urandom(n) for n in sizes]
+    files = [root / f"raw_{i}.bin" for i in range(len(sizes))]
+    start = time.perf_counter()
+    for file, blob in zip(files, blobs, strict=True):
+        with open(file, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+    write = time.perf_counter() - start
+    _drop_page_cache(files)
+    start = time.perf_counter()
+    for file in files:
+        file.read_bytes()
+    return write, time.perf_counter() - start
+
+
+def bench_cache(rows: int, d: int, dtype: str, tokens_per_shard: int, root: Path) -> dict:
+    """Write ``rows`` synthetic paired rows as a cache, read them back; time both."""
+    from difflens.methods.dictionary.cache import ActivationCache, Sequence
+    from difflens.methods.dictionary.runner import CacheWriter
+
+    seq_len, n_shards = 128, max(1, rows // tokens_per_shard)
+    per_shard = rows // n_shards
+    header = {"models": {"base": "synthetic", "finetuned": "synthetic"}, "layers": [0],
+              "num_layers": 1, "d_model": d, "dtype": dtype, "n_sequences": rows // seq_len,
+              "n_shards": n_shards, "n_rows": per_shard * n_shards}
+    gen = torch.Generator().manual_seed(0)
+    shards = []  # generated up front: only the cache's own work is timed
+    for index in range(n_shards):
+        first = index * per_shard // seq_len
+        seqs = [Sequence(first + i, first + i, i * seq_len, (i + 1) * seq_len, 0,
+                         list(range(seq_len))) for i in range(per_shard // seq_len)]
+        seq = torch.arange(first, first + len(seqs)).repeat_interleave(seq_len)
+        pos = torch.arange(seq_len).repeat(len(seqs))
+        shards.append(({0: torch.randn(seq.numel(), 2, d, generator=gen)}, seq, pos, seqs))
+    out = root / f"cache-{dtype}"
+    start = time.perf_counter()
+    writer = CacheWriter(out, header)
+    for acts, seq, pos, seqs in shards:
+        writer.write_shard(acts, seq, pos, seqs)
+    writer.finish()
+    write = time.perf_counter() - start
+    cache = ActivationCache(out)
+    files = [out / e["file"] for e in cache.shards]
+    sizes = [f.stat().st_size for f in files]
+    result = {"dtype": dtype, "rows": cache.n_rows, "bytes": sum(sizes), "write": write}
+    for name, shuffle in (("read", False), ("read shuffled", True)):
+        _drop_page_cache(files)
+        start = time.perf_counter()
+        n = sum(c.shape[0] for c in cache.reader(0, "all", shuffle=shuffle, seed=1,
+                                                  buffer_rows=tokens_per_shard))
+        result[name] = time.perf_counter() - start
+        assert n == cache.n_rows
+    result["raw write"], result["raw read"] = raw_disk(sizes, root)
+    return result
+
+
+def print_cache_bench(args: argparse.Namespace) -> None:
+    print(f"\nactivation cache: {args.cache_rows} tokens, d={args.d}, "
+          f"{args.tokens_per_shard} tokens per shard")
+    header = (f"{'dtype':<9}{'phase':<15}{'tokens/s':>11}{'MB/s':>9}{'raw disk MB/s':>15}"
+              f"{'of raw':>8}")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        for dtype in ("float32", "bfloat16"):
+            r = bench_cache(args.cache_rows, args.d, dtype, args.tokens_per_shard, Path(tmp))
+            mb = r["bytes"] / 1e6
+            for phase, raw in (("write", "raw write"), ("read", "raw read"),
+                               ("read shuffled", "raw read")):
+                print(f"{dtype:<9}{phase:<15}{r['rows'] / r[phase]:>11.0f}"
+                      f"{mb / r[phase]:>9.0f}{mb / r[raw]:>15.0f}{r[raw] / r[phase]:>8.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=int, default=640)
@@ -138,9 +234,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--dead", type=float, default=0.25, help="fraction of latents marked dead")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--cache-rows", type=int, default=1 << 16,
+                        help="tokens written/read by the cache benchmark")
+    parser.add_argument("--tokens-per-shard", type=int, default=1 << 14)
+    parser.add_argument("--cache-dir", default=None, help="where to write (default: $TMPDIR)")
+    parser.add_argument("--cache-only", action="store_true", help="skip the training benchmark")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cache_only:
+        print_cache_bench(args)
+        return
     print(f"d={args.d} batch={args.batch_size} k={args.k} dead={args.dead:.0%} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
     header = (f"{'model':<11}{'width':>7}{'reference':>12}{'difflens':>11}{'speed-up':>10}"
@@ -157,6 +261,7 @@ def main() -> None:
         plain, fused = adam_step_ms(width, args.d, args.steps)
         print(f"Adam step alone, crosscoder width {width}: default {plain:.0f} ms, "
               f"fused {fused:.0f} ms")
+    print_cache_bench(args)
 
 
 if __name__ == "__main__":
