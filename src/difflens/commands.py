@@ -37,6 +37,9 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     _register_organism(sub)
     _register_report(sub)
     _register_eval(sub)
+    from difflens.methods.dictionary.cli import add_parsers as add_dictionary_parsers
+
+    add_dictionary_parsers(sub)
 
 
 def _register_eval(sub: argparse._SubParsersAction) -> None:

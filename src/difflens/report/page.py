@@ -1,4 +1,5 @@
-"""The self-contained HTML report of a run directory (opens offline; no scripts, no fetches).
+"""The self-contained HTML report of a run directory (opens offline; nothing is fetched; the
+only script is the dictionary table's optional click-to-sort, and the page works without it).
 
 All model- and corpus-derived text goes through :func:`html.escape`; charts are inline SVG.
 """
@@ -43,6 +44,10 @@ def render_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
         from difflens.methods.mining.report import render_section
 
         sections.append(render_section(run))
+    elif kind == "dictionary":
+        from difflens.methods.dictionary.report import render_section as render_dictionary
+
+        sections.append(render_dictionary(run))
     else:
         raise DifflensError(f"no report renderer for run kind {kind!r} in {run}")
     body = "\n".join(sections)
