@@ -1,0 +1,102 @@
+"""Diff Mining artifacts: one definition per file, shared by the writer and the reader.
+
+Run directory layout::
+
+    run.json, stages.json      RunDir bookkeeping (config, finished stages)
+    counts.safetensors         CorpusCounts: Top-K counts, moments, sampled top-K, corpus ids
+    orderings.json             promoted / suppressed orderings (top ``config.top`` each)
+    nmf.json                   NMF topics (or {"skipped": why})
+    examples.json              example contexts of the top promoted tokens
+    relevance.json             token relevance, when a grader was given
+    summary.json               MiningResult
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflens.io.artifacts import read_json, read_tensors, write_json, write_tensors
+from difflens.methods.mining.aggregate import MiningCounts
+
+COUNTS_FILE = "counts.safetensors"
+ORDERINGS_FILE = "orderings.json"
+NMF_FILE = "nmf.json"
+EXAMPLES_FILE = "examples.json"
+RELEVANCE_FILE = "relevance.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class CorpusCounts:
+    """The extraction stage's output: counts plus the tokenised corpus they were read from.
+
+    ``ids``, ``attention``: ``(N, T)`` (int32 / bool on disk); ``layer``: layer unembedded;
+    ``seconds``: wall time of the extraction.
+    """
+
+    counts: MiningCounts
+    ids: torch.Tensor
+    attention: torch.Tensor
+    layer: int
+    seconds: float = 0.0
+
+    def save(self, run: Path) -> None:
+        tensors, meta = self.counts.to_tensors()
+        tensors = {**tensors, "corpus_ids": self.ids.to(torch.int32),
+                   "corpus_attention": self.attention.to(torch.uint8)}
+        meta = {**meta, "layer": str(self.layer), "seconds": repr(self.seconds)}
+        write_tensors(run / COUNTS_FILE, tensors, meta)
+
+    @classmethod
+    def load(cls, run: Path) -> CorpusCounts:
+        tensors, meta = read_tensors(run / COUNTS_FILE)
+        ids = tensors.pop("corpus_ids").long()
+        attention = tensors.pop("corpus_attention").bool()
+        return cls(MiningCounts.from_tensors(tensors, meta), ids, attention, int(meta["layer"]),
+                   float(meta.get("seconds", 0.0)))
+
+
+@dataclass
+class MiningResult:
+    """What a Diff Mining run found (``summary.json``); full tables live beside it."""
+
+    run_dir: str
+    base: str
+    finetuned: str
+    lens: str
+    layer: int
+    n_texts: int
+    n_positions: int
+    vocab: int
+    top_k: int
+    no_difference: bool
+    max_abs_delta: float
+    promoted: list[dict[str, Any]]  # top rows of the Top-K occurrence ordering
+    suppressed: list[dict[str, Any]]
+    topics: dict[str, Any] | None  # nmf.json (None when skipped by --topics 0)
+    examples: list[dict[str, Any]]
+    relevance: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, run: Path | None = None) -> None:
+        write_json(Path(run or self.run_dir) / SUMMARY_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run: Path | str) -> MiningResult:
+        data = read_json(Path(run) / SUMMARY_FILE)
+        return cls(**data)
+
+    def top_tokens(self, n: int = 20) -> list[str]:
+        """The ``n`` most promoted tokens (Top-K occurrence), as decoded."""
+        return [row["token"] for row in self.promoted[:n]]
+
+    def orderings(self) -> dict[str, Any]:
+        """The full ``orderings.json`` of this run."""
+        return read_json(Path(self.run_dir) / ORDERINGS_FILE)
