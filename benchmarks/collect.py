@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _measure import emit, peak_rss_mb, run_mode
 
 K = 5
+BATCH = 256  # texts per forward, the same for difflens and the floor
 
 
 def _layer(pair) -> int:
@@ -40,9 +41,9 @@ def mode_difflens(n: int) -> dict:
     pair = ModelPair.load()
     texts = load_texts("reference", limit=n)
     layer = _layer(pair)
-    collect_mean_diff(pair, texts[:64], [layer], k=K, progress=False)  # warm-up
+    collect_mean_diff(pair, texts[:BATCH], [layer], k=K, batch_size=BATCH, progress=False)
     start = time.perf_counter()
-    stats = collect_mean_diff(pair, texts, [layer], k=K, progress=False)
+    stats = collect_mean_diff(pair, texts, [layer], k=K, batch_size=BATCH, progress=False)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "texts": stats.count, "rss_mb": peak_rss_mb(),
             "norm": float(stats.mean_diff(layer)[1:].mean(0).norm())}
@@ -61,11 +62,11 @@ def mode_floor(n: int) -> dict:
     decoder.layers = decoder.layers[: layer + 1]  # a bare decoder truncated at the layer
     tokens = first_k_tokens(tokenizer, load_texts("reference", limit=n), K)
     with torch.inference_mode():
-        decoder(input_ids=tokens[:64])
+        decoder(input_ids=tokens[:BATCH])
         start = time.perf_counter()
         for _ in range(2):
-            for i in range(0, tokens.shape[0], 64):
-                decoder(input_ids=tokens[i : i + 64], use_cache=False)
+            for i in range(0, tokens.shape[0], BATCH):
+                decoder(input_ids=tokens[i : i + BATCH], use_cache=False)
         elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "texts": tokens.shape[0], "rss_mb": peak_rss_mb()}
 

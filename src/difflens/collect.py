@@ -76,7 +76,7 @@ def collect_mean_diff(
     texts: list[str],
     layers: list[int | float],
     k: int = 5,
-    batch_size: int = 64,
+    batch_size: int = 256,
     progress: bool = True,
 ) -> DiffMoments:
     """Per-layer, per-position moments of h_ft − h_base over the first ``k`` tokens of texts.

@@ -87,7 +87,7 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
                    help="readout layer: index or relative depth (default: per model family)")
     p.add_argument("--layers", type=layer_arg, nargs="*", default=[],
                    help="extra layers to sweep (every layer up to the deepest is read anyway)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256, help="texts per forward")
     p.add_argument("--ft-docs", default=None,
                    help="finetune documents for similarity / causal / relevance baseline "
                         "(default: the organism's documents.jsonl)")

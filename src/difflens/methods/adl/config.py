@@ -30,7 +30,7 @@ class ADLConfig:
     k: int = 5  # first positions read per text
     layers: list[float | int] = field(default_factory=list)  # extra layers to sweep
     layer: float | int | None = None  # readout layer; None = the family default depth
-    batch_size: int = 64  # texts per forward
+    batch_size: int = 256  # texts per forward (k tokens each: large batches amortise dispatch)
     top: int = 100  # tokens kept per readout (20 shown)
     device: str = "cpu"
     dtype: str = "float32"
