@@ -5,15 +5,7 @@
 # Extra arguments go to `difflens adl` (e.g. --finetuned PATH --base PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
-if ! python -c "import torch" >/dev/null 2>&1; then
-  python -m pip install -q torch==2.13.0
-fi
+. scripts/_venv.sh
 python -m pip install -q -e ".[report,embeddings,llm,mining]"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 exec difflens adl "$@"

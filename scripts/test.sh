@@ -2,15 +2,7 @@
 # Install the test dependencies (torch==2.13.0 first when absent) into .venv and run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
-if ! python -c "import torch" >/dev/null 2>&1; then
-  python -m pip install -q torch==2.13.0
-fi
+. scripts/_venv.sh
 python -m pip install -q -e ".[dev]"
 # The report's screenshot test needs headless Chromium (Debian package); install it when we can.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
