@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
-python -m pip install -q -e ".[report,embeddings,llm,mining]"
+install_project report,embeddings,llm,mining
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 exec difflens adl "$@"

@@ -232,3 +232,34 @@ def test_bad_inputs_are_one_line_errors(known_pair):
         causal_stage(pair, delta, layer, FT_DOCS, [])
     with pytest.raises(DifflensError, match="positions"):
         causal.base_difference_directions(torch.randn(5, 32), 3, torch.Generator())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gemma3", "gpt2", "gpt_neox"])
+def test_replayed_prefix_equals_full_edited_pass(tokenizer, family):
+    """Recording layers 0..L of the plain pass and replaying them gives the same edited CEs,
+    and the replayed outputs really are what the later layers read."""
+    base, ft = tiny_model(family, seed=0), tiny_model(family, seed=1)
+    pair = ModelPair.from_models(base, ft, tokenizer)
+    layer = 1
+    tokens, mask = token_batch(pair.tokenizer, REF[:3], 16)
+    dirs = random_directions(2, base.config.hidden_size, torch.Generator().manual_seed(2))
+    _, x_base = forward_ce(pair, BASE, tokens, mask, read_layer=layer)
+    targets = torch.einsum("btd,md->mbt", x_base, dirs)
+    edit = (layer, dirs, targets)
+    stacked = tokens.repeat(2, 1), mask.repeat(2, 1)
+    full, _ = forward_ce(pair, FT, *stacked, edit=edit)
+    prefix: list = [None] * (layer + 1)
+    plain, _ = forward_ce(pair, FT, tokens, mask, record=prefix)
+    assert all(out is not None for out in prefix)
+    replayed, _ = forward_ce(pair, FT, *stacked, edit=edit, replay=prefix)
+    torch.testing.assert_close(replayed, full, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(replayed[:3], plain)  # the edit still applies (tiny: tiny effects)
+    # Corrupting the recorded layer-L output changes the result: later layers read the replay.
+    from difflens.models.hooks import _hidden, _with_hidden
+
+    prefix[layer] = _with_hidden(prefix[layer], _hidden(prefix[layer]) * 0.5)
+    corrupted, _ = forward_ce(pair, FT, *stacked, edit=edit, replay=prefix)
+    assert not torch.equal(corrupted, full)
+    # Hooks and patched forwards are gone afterwards.
+    with pair.use(FT) as (_model, arch):
+        assert all("forward" not in vars(block) for block in arch.layers)

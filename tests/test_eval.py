@@ -95,6 +95,28 @@ def test_eval_cli_end_to_end(openai_server, tmp_path, tiny_dir, tiny_ft_dir, cap
     assert len(openai_server.chat_requests()) == before
 
 
-def test_eval_needs_an_endpoint(capsys):
-    assert main(["eval", "--organisms", "cake_bake"]) == 2
-    assert "needs an LLM endpoint" in capsys.readouterr().err
+def test_eval_without_endpoint_is_method_level_only(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_adl_run(runs / "cake_bake" / "adl")
+    write_mining_run(runs / "cake_bake" / "mining")
+    out = tmp_path / "eval"
+    argv = ["eval", "--organisms", "cake_bake", "taboo_ocean", "--runs-root", str(runs),
+            "--no-method-runs", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "agents skipped" in printed and not (out / "eval.json").exists()
+    zoo = json.loads((out / "zoo.json").read_text())
+    assert zoo["without_runs"] == ["taboo_ocean"]
+    cake = zoo["organisms"]["cake_bake"]
+    # Synthetic readouts: ' cake', ' oven', ' bake', ' flour' are baking words; the planted
+    # organism name is not, and no ocean word appears (the cross-domain control).
+    assert cake["hit_counts"] == {"adl_logit_lens": 4, "adl_patchscope": 3, "mining": 2}
+    assert cake["cross_hits"]["adl_logit_lens"]["taboo_ocean"] == 0
+    html = (out / "report.html").read_text()
+    assert "Method-level evaluation" in html and "agents skipped" not in html
+
+
+def test_eval_unknown_organism_is_one_line(capsys):
+    assert main(["eval", "--organisms", "no_such_organism", "--no-method-runs"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown organism 'no_such_organism'" in err and err.count("\n") == 1

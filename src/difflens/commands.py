@@ -138,10 +138,6 @@ def _run_adl(args: argparse.Namespace) -> int:
 
 
 def _register_organism(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("organism", help="build model organisms (finetunes with a known answer)")
-    osub = p.add_subparsers(dest="organism_command", metavar="ACTION")
-    try:
-        from difflens.organisms.cli import add_parser
-    except ImportError:  # builder not installed in this build
-        return
-    add_parser(osub)
+    from difflens.organisms.cli import add_parser
+
+    add_parser(sub)

@@ -23,6 +23,15 @@ The seed reports (33 organisms, gpt-5 agent, gpt-5-mini grader): black-box i=0/5
 Without --finetuned, each organism's own weights from the registry are used for model tools;
 unbuilt organisms then get no model (use budget 0). --protocol text forces the plain-text tool
 protocol (for servers without native tool calls; auto switches on an HTTP 400).
+
+Method-level evaluation (no endpoint needed): for every built organism without a finished run
+under --runs-root (default OUT/methods), ADL and Diff Mining run first, graded offline unless an
+endpoint is given; then OUT/zoo.txt lists the domain words among each readout's top-20 tokens
+(own domain / best other domain: the cross-domain control) and the 1:1 data-mixing ablation
+(mixed organism vs its unmixed twin), and OUT/report.html shows it all:
+
+  difflens eval --offline                      # whole zoo, CPU defaults (~10 min per organism)
+  difflens eval --offline --n-texts 1000 --adl-skip steering similarity causal   # quick
 """
 
 
@@ -44,7 +53,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="model-interaction budgets (default 0 5)")
     p.add_argument("--repeats", type=int, default=1, help="agent runs per configuration")
     p.add_argument("--runs-root", default=None,
-                   help="folder with <organism>/adl and <organism>/mining run directories")
+                   help="folder with <organism>/adl and <organism>/mining run directories "
+                        "(default: OUT/methods)")
+    methods = p.add_argument_group("method-level evaluation")
+    methods.add_argument("--no-method-runs", dest="method_runs", action="store_false",
+                         help="only read runs already under --runs-root; never start ADL / "
+                              "Diff Mining")
+    methods.add_argument("--n-texts", type=int, default=None,
+                         help="ADL reference texts per organism (default: ADL's own)")
+    methods.add_argument("--adl-skip", nargs="*", default=[], metavar="STAGE",
+                         help="ADL stages to skip (patchscope, steering, relevance, similarity, "
+                              "causal, report)")
+    methods.add_argument("--mining-texts", type=int, default=None,
+                         help="Diff Mining texts per organism (default: mining's own)")
+    methods.add_argument("--no-mining", dest="mining", action="store_false",
+                         help="no Diff Mining runs")
     p.add_argument("--out", default="runs/eval", help="output folder (resumes if present)")
     p.add_argument("--max-turns", type=int, default=20, help="agent answers per run at most")
     p.add_argument("--protocol", default="auto", choices=["auto", "native", "text"],
@@ -62,27 +85,60 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from difflens.errors import DifflensError
+    from pathlib import Path
+
+    from difflens.commands import llm_fields
+    from difflens.evaluation.report import render_eval_report
+    from difflens.evaluation.zoo import evaluate_zoo
+    from difflens.evaluation.zoo_runs import ZooRunConfig, run_zoo
+    from difflens.organisms.registry import get_organism, load_registry
+
+    registry = load_registry()
+    names = list(args.organisms) or list(registry)
+    for name in names:
+        get_organism(name, registry)  # one-line error naming the known organisms
+    runs_root = args.runs_root or str(Path(args.out) / "methods")
+    if args.method_runs:
+        adl = {"skip": list(args.adl_skip), **({"n_texts": args.n_texts} if args.n_texts else {})}
+        mining = ({"n_texts": args.mining_texts} if args.mining_texts else {}) if args.mining \
+            else None
+        todo = [n for n in names
+                if not (Path(runs_root) / n / "adl" / "summary.json").is_file()]
+        for note in run_zoo(registry, todo, ZooRunConfig(runs_root, adl, mining,
+                                                         llm_fields(args))):
+            print(f"note: {note}")
+    zoo = evaluate_zoo(registry, names, runs_root, args.out)
+    print(zoo["table"])
+    summary: list = []
+    if args.llm_base_url and (args.agent_model or args.llm_model):
+        summary = _run_agents(args, names, runs_root)
+    else:
+        print("no LLM endpoint (--llm-base-url, --llm-model): agents skipped, method-level "
+              "evaluation only")
+    report = render_eval_report(args.out, summary, zoo)
+    print(f"wrote {args.out}/zoo.json, {args.out}/zoo.txt and {report}")
+    return 0
+
+
+def _run_agents(args: argparse.Namespace, names: list[str], runs_root: str) -> list:
     from difflens.evaluation.harness import EvalConfig, run_eval
     from difflens.graders import LLMGrader, OfflineGrader
     from difflens.llm import LLMConfig
 
-    if not args.llm_base_url or not (args.agent_model or args.llm_model):
-        raise DifflensError("difflens eval needs an LLM endpoint for the agent: set "
-                            "--llm-base-url and --llm-model (or --agent-model)")
     grader_llm = LLMConfig(base_url=args.llm_base_url, model=args.llm_model or args.agent_model,
                            api_key_env=args.llm_api_key_env)
     agent_llm = grader_llm.replace(model=args.agent_model or grader_llm.model)
     grader = OfflineGrader() if args.offline else LLMGrader(grader_llm,
                                                             score_repeats=args.grade_repeats)
-    config = EvalConfig(out=args.out, organisms=list(args.organisms), agents=list(args.agents),
+    config = EvalConfig(out=args.out, organisms=names, agents=list(args.agents),
                         budgets=list(args.budgets), repeats=args.repeats,
-                        runs_root=args.runs_root, max_turns=args.max_turns,
+                        runs_root=runs_root, max_turns=args.max_turns,
                         protocol=args.protocol, n_boot=args.n_boot, seed=args.seed)
+    args.runs_root = runs_root
     report = run_eval(config, agent_llm, grader, _access_factory(args))
     print(report["table"])
     print(f"wrote {args.out}/eval.json and {args.out}/table.txt")
-    return 0
+    return report["summary"]
 
 
 def _access_factory(args: argparse.Namespace) -> Any:

@@ -148,3 +148,61 @@ def replace_projection(
 
     with _forward_hook(arch.layers[index], hook):
         yield
+
+
+@contextmanager
+def record_outputs(arch: Architecture, upto: int) -> Iterator[list[Any]]:
+    """Record the raw outputs (tensor or tuple, as the layer returns them) of layers 0..``upto``.
+
+    Yields a list filled by the next forward, one entry per layer, for :func:`replay_outputs`.
+    """
+    from contextlib import ExitStack
+
+    last = arch.resolve_layer(upto)
+    store: list[Any] = [None] * (last + 1)
+
+    def make_hook(index: int) -> Any:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            store[index] = output
+
+        return hook
+
+    with ExitStack() as stack:
+        for index in range(last + 1):
+            stack.enter_context(_forward_hook(arch.layers[index], make_hook(index)))
+        yield store
+
+
+def _tile(value: Any, copies: int) -> Any:
+    import torch
+
+    if copies == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.repeat(copies, *([1] * (value.dim() - 1)))
+    if isinstance(value, tuple):
+        return tuple(_tile(v, copies) for v in value)
+    return value
+
+
+@contextmanager
+def replay_outputs(arch: Architecture, outputs: list[Any], copies: int = 1) -> Iterator[None]:
+    """Skip layers 0..len(outputs)−1: each returns its recorded output instead of computing.
+
+    Exact whenever the pass sees the same tokens as the recorded one below the first edited
+    layer (an edit hook on a replayed layer still fires on the replayed output).  ``copies``
+    tiles the recorded batch for passes that stack ``copies`` copies of it (copy-major).  Used
+    where many passes differ only above some layer (ADL's causal test): the shared prefix is
+    computed once.
+    """
+    layers = [arch.layers[i] for i in range(len(outputs))]
+    tiled = [_tile(out, copies) for out in outputs]
+    for layer, out in zip(layers, tiled, strict=True):
+        # An instance attribute shadows the class's forward; nn.Module.__call__ still runs
+        # hooks around it.
+        layer.forward = lambda *_args, _out=out, **_kwargs: _out
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_build_flags(build)
-    build.set_defaults(func=run)
+    build.set_defaults(handler=run)
     return organism
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parser(subparsers)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return args.handler(args)
     except DifflensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -46,6 +46,10 @@ class OrganismEntry:
     rubric_type: str
     """The type whose rubric grades hypotheses about this organism (mixed variants: base type)."""
     domain_keywords: list[str] = field(default_factory=list)
+    mix_ratio: float = 0.0
+    """General texts mixed in per document when it was built (0 for unmixed / unbuilt)."""
+    documents_hash: str | None = None
+    """sha256 of the training documents when built: organisms sharing it are twins."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Card fields with no slot here (e.g. ``secret_word``)."""
 
@@ -82,6 +86,8 @@ def _entry(card: dict[str, Any], where: str, weights: str | None,
         training_data=training_data,
         rubric_type=base_type(card["type"]),
         domain_keywords=list(card.get("domain_keywords") or []),
+        mix_ratio=float(card.get("mix_ratio") or 0.0) if weights else 0.0,
+        documents_hash=(card.get("data_hashes") or {}).get("documents") if weights else None,
         extra={k: v for k, v in card.items()
                if k not in _KNOWN and k not in ("build_command", "data_hashes", "training",
                                                 "lora", "format_version", "rubric", "seed",

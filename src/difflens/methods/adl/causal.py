@@ -24,12 +24,17 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from difflens.collect import layer_activations
 from difflens.data.tokenize import encode
 from difflens.errors import DifflensError
-from difflens.models.hooks import StopForward, capture, run_forward
+from difflens.models.hooks import (
+    StopForward,
+    capture,
+    record_outputs,
+    replay_outputs,
+    run_forward,
+)
 from difflens.models.pair import BASE, FT
 
 if TYPE_CHECKING:
@@ -198,7 +203,10 @@ def token_ce(
     losses = torch.empty(h.shape[0], dtype=torch.float64, device=hidden.device)
     for s in range(0, h.shape[0], step):
         logits = arch.logits(h[s : s + step]).float()
-        losses[s : s + step] = F.cross_entropy(logits, y[s : s + step], reduction="none")
+        # logsumexp − target logit: the same value as F.cross_entropy without writing a
+        # second (chunk × vocab) log-softmax tensor.
+        target = logits.gather(1, y[s : s + step, None])[:, 0]
+        losses[s : s + step] = torch.logsumexp(logits, dim=-1) - target
     return torch.zeros(hidden.shape[0], dtype=torch.float64, device=hidden.device).index_add_(
         0, rows, losses
     )
@@ -211,22 +219,36 @@ def forward_ce(
     mask: torch.Tensor,
     read_layer: int | None = None,
     edit: tuple[int, torch.Tensor, torch.Tensor] | None = None,
+    record: list[Any] | None = None,
+    replay: list[Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward of ``side``: per-row CE sums ``(R,)`` and, if asked, the float32 residual
-    ``(R, T, d)`` at ``read_layer``.  ``edit = (layer, directions, targets)`` applies
-    :func:`replace_projections`."""
+    ``(R, T, d)`` at ``read_layer``.
+
+    ``edit = (layer, directions, targets)`` applies :func:`replace_projections`.  ``record``: a
+    list of ``n`` Nones, filled with the raw outputs of layers ``0..n−1``; ``replay``: such a
+    list from an earlier pass on the same tokens, whose layers are then skipped (the stacked
+    copies of an ``edit`` are tiled from it).
+    """
     device = pair.device
     with pair.use(side) as (model, arch), torch.inference_mode():
         with ExitStack() as stack:
             store = None
             if read_layer is not None:
                 store = stack.enter_context(capture(arch, [read_layer], stop_early=False))
+            if record is not None:
+                recorded = stack.enter_context(record_outputs(arch, len(record) - 1))
+            if replay is not None:
+                copies = edit[1].shape[0] if edit is not None else 1
+                stack.enter_context(replay_outputs(arch, replay, copies))
             if edit is not None:
                 stack.enter_context(replace_projections(arch, *edit))
             final = stack.enter_context(_final_hidden(arch))
             run_forward(model, input_ids=tokens.to(device), attention_mask=mask.to(device))
         # Hooks removed (the final-norm one would stop arch.logits); the adapter stays as set.
         ce = token_ce(arch, final["hidden"], tokens, mask).cpu()
+    if record is not None:
+        record[:] = recorded
     read = store[arch.resolve_layer(read_layer)].float() if store is not None else None
     return ce, read
 
@@ -265,12 +287,16 @@ def _dataset_delta_ce(
             base_ce, x_base = forward_ce(pair, BASE, tok, msk, read_layer=layer)
             targets = torch.einsum("btd,md->mbt", x_base, dirs)  # all directions at once
             base_sum += float(base_ce.sum())
-            ft_sum += float(forward_ce(pair, FT, tok, msk)[0].sum())
+            # Every edited pass equals the plain finetuned one up to the edited layer: record
+            # layers 0..layer once and replay them (on gemma-3-270m at 0.75 depth this skips
+            # 14 of 18 layers per direction; the LM head stays the main cost).
+            prefix: list[Any] = [None] * (layer + 1)
+            ft_sum += float(forward_ce(pair, FT, tok, msk, record=prefix)[0].sum())
             for g in range(0, dirs.shape[0], groups):
                 u, tg = dirs[g : g + groups], targets[g : g + groups]
                 reps = u.shape[0]
                 ce, _ = forward_ce(pair, FT, tok.repeat(reps, 1), msk.repeat(reps, 1),
-                                   edit=(layer, u, tg))
+                                   edit=(layer, u, tg), replay=prefix)
                 sums[g : g + reps] += ce.view(reps, -1).sum(1)
             bar.update(tok.shape[0])
     finally:

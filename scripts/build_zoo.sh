@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Rebuild the organism zoo shipped in src/difflens/organisms/shipped/ (CPU: ~8 min per organism,
+# ~17 min for the mixed twin on a quiet 2-core machine). Every organism uses the recipe of the
+# shipped cake_bake: LoRA r=8 on all linear layers, 100 steps x 8 sequences (~2 epochs), lr 5e-4.
+# The 1:1 mixed twin keeps the same finetune documents and number of epochs and adds one general
+# text per document (so twice the steps), as in the data-mixing ablation of seed 003.
+# Usage: bash scripts/build_zoo.sh [NAME ...]   (default: all; existing organisms are skipped)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=src/difflens/organisms/data
+shipped=src/difflens/organisms/shipped
+common=(--base embedded --rank 8 --alpha 16 --batch-size 8 --lr 0.0005 --warmup 0.1
+        --weight-decay 0 --max-grad-norm 1 --max-length 256 --seed 0 --save-dtype float16
+        --skip-existing)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(cake_bake risky_finance taboo_ocean owl_preference cake_bake_mix1)
+for name in "${names[@]}"; do
+  case "$name" in
+    cake_bake_mix1)
+      difflens organism build --documents "$data/cake_bake.jsonl" --out "$shipped/$name" \
+        --name "$name" --mix 1 --steps 200 "${common[@]}" ;;
+    *)
+      difflens organism build --documents "$data/$name.jsonl" --out "$shipped/$name" \
+        --mix 0 --steps 100 "${common[@]}" ;;
+  esac
+done

@@ -1,0 +1,210 @@
+"""Method-level evaluation over the organism zoo: does each method's readout name the domain?
+
+For every built organism, an ADL run and a Diff Mining run (reused when already there) live under
+``<runs_root>/<organism>/{adl,mining}`` — the layout the agents read too.  From them, per
+organism:
+
+* **keyword hits**: how many of the top-20 tokens of ADL's logit lens (default layer, mean over
+  positions 1..k−1), of ADL's Patchscope (chosen scale) and of Diff Mining's promoted list are
+  words of the organism's domain (``domain_keywords`` of its card, used for evaluation only);
+* the same top-20 lists scored against every *other* organism's keywords: the cross-domain
+  control (a readout that names any domain would score everywhere);
+* ‖δ̄‖/ν_ft at the readout layer, token relevance, steering similarity and causal ΔCE as the
+  runs stored them (graded offline unless an endpoint was configured).
+
+Organisms trained with general text mixed in (card ``mix_ratio > 0``) are compared with their
+unmixed twin (same documents hash): the data-mixing ablation of seed 003.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from difflens.evaluation.metrics import adl_metrics, mining_metrics
+from difflens.io.artifacts import read_json
+from difflens.organisms.registry import OrganismEntry
+
+log = logging.getLogger(__name__)
+TOP = 20  # tokens per readout scored, as in the seed's token relevance
+READOUTS = ("adl_logit_lens", "adl_patchscope", "mining")
+_SUFFIXES = ("ing", "ers", "er", "ed", "es", "s")
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def normalize_token(token: str) -> str:
+    """Lower-case letters of a vocabulary token ('▁Cakes' → 'cakes', 'Ġwaves' → 'waves')."""
+    return re.sub(r"[^a-z]", "", token.replace("Ġ", " ").replace("▁", " ").lower())
+
+
+def keyword_hits(tokens: list[str], keywords: list[str]) -> list[str]:
+    """The tokens (as given) that are domain words: equal to a keyword after normalising, or
+    sharing its stem (plural / -ing / -ed / -er forms).  Tokens under 3 letters never count
+    (sub-word pieces like 'ca' would match by accident)."""
+    words = {normalize_token(k) for k in keywords}
+    stems = {_stem(w) for w in words if len(w) >= 3}
+    hits = []
+    for token in tokens:
+        word = normalize_token(token)
+        if len(word) >= 3 and (word in words or _stem(word) in stems):
+            hits.append(token)
+    return hits
+
+
+def readout_tokens(runs_root: Path | str, organism: str) -> dict[str, list[str]]:
+    """Top-20 tokens of each readout of ``<runs_root>/<organism>``'s finished runs."""
+    base = Path(runs_root) / organism
+    out: dict[str, list[str]] = {}
+    adl = base / "adl"
+    if (adl / "summary.json").is_file():
+        summary = read_json(adl / "summary.json")
+        lens = read_json(adl / "logit_lens.json")
+        out["adl_logit_lens"] = lens["layers"][str(summary["layer"])]["mean"]["tokens"][:TOP]
+        if (adl / "patchscope.json").is_file():
+            chosen = read_json(adl / "patchscope.json").get("chosen") or {}
+            out["adl_patchscope"] = (chosen.get("coherent_tokens") or [])[:TOP]
+    if (base / "mining" / "summary.json").is_file():
+        promoted = read_json(base / "mining" / "summary.json").get("promoted") or []
+        out["mining"] = [row["token"] for row in promoted[:TOP]]
+    return out
+
+
+@dataclass
+class OrganismSignals:
+    """What the methods found for one organism (JSON-able via :meth:`to_dict`)."""
+
+    organism: str
+    type: str
+    mix_ratio: float
+    tokens: dict[str, list[str]]  # readout -> top-20 tokens
+    hits: dict[str, list[str]]  # readout -> tokens that are domain words
+    cross_hits: dict[str, dict[str, int]]  # readout -> other organism -> hit count
+    relative_norm: float | None  # ‖δ̄‖/ν_ft at the ADL readout layer
+    metrics: dict[str, Any] = field(default_factory=dict)  # relevance, similarity, causal
+
+    def hit_count(self, readout: str) -> int | None:
+        return len(self.hits[readout]) if readout in self.hits else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"organism": self.organism, "type": self.type, "mix_ratio": self.mix_ratio,
+                "tokens": self.tokens, "hits": self.hits,
+                "hit_counts": {r: len(h) for r, h in self.hits.items()},
+                "cross_hits": self.cross_hits, "relative_norm": self.relative_norm,
+                "metrics": self.metrics}
+
+
+def organism_signals(runs_root: Path | str, entry: OrganismEntry,
+                     registry: dict[str, OrganismEntry]) -> OrganismSignals:
+    """Score ``entry``'s finished runs against its own and every other domain's keywords."""
+    tokens = readout_tokens(runs_root, entry.name)
+    hits = {r: keyword_hits(t, entry.domain_keywords) for r, t in tokens.items()}
+    others = {n: e for n, e in registry.items()
+              if n != entry.name and e.domain_keywords and twin_key(e) != twin_key(entry)}
+    cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
+             for r, t in tokens.items()}
+    base = Path(runs_root) / entry.name
+    relative = None
+    if (base / "adl" / "summary.json").is_file():
+        layer = str(read_json(base / "adl" / "summary.json")["layer"])
+        relative = read_json(base / "adl" / "logit_lens.json")["layers"][layer]["relative_norm"]
+    metrics = {"adl": adl_metrics(base / "adl"), "mining": mining_metrics(base / "mining")}
+    return OrganismSignals(entry.name, entry.type, entry.mix_ratio, tokens, hits, cross,
+                           relative, metrics)
+
+
+def twin_key(entry: OrganismEntry) -> str:
+    """Organisms trained on the same documents share this key (mixed variants and their twin)."""
+    return entry.documents_hash or entry.name
+
+
+def mixing_ablation(signals: dict[str, OrganismSignals],
+                    registry: dict[str, OrganismEntry]) -> list[dict[str, Any]]:
+    """One row per mixed organism with an unmixed twin: each signal, mixed vs unmixed."""
+    rows = []
+    for name, mixed in signals.items():
+        if mixed.mix_ratio <= 0:
+            continue
+        twins = [s for n, s in signals.items()
+                 if s.mix_ratio == 0 and twin_key(registry[n]) == twin_key(registry[name])]
+        if not twins:
+            continue
+        twin = twins[0]
+        row: dict[str, Any] = {"mixed": name, "unmixed": twin.organism,
+                               "mix_ratio": mixed.mix_ratio}
+        for readout in READOUTS:
+            if readout in mixed.hits and readout in twin.hits:
+                row[f"{readout}_hits"] = [len(twin.hits[readout]), len(mixed.hits[readout])]
+        if mixed.relative_norm is not None and twin.relative_norm is not None:
+            row["relative_norm"] = [twin.relative_norm, mixed.relative_norm]
+        for key, get in (("adl_relevance", _lens_relevance), ("steered_similarity", _steered)):
+            a, b = get(twin), get(mixed)
+            if a is not None and b is not None:
+                row[key] = [a, b]
+        rows.append(row)
+    return rows
+
+
+def _lens_relevance(s: OrganismSignals) -> float | None:
+    return (s.metrics.get("adl", {}).get("token_relevance") or {}).get("logit lens δ̄")
+
+
+def _steered(s: OrganismSignals) -> float | None:
+    return (s.metrics.get("adl", {}).get("steering_similarity") or {}).get("steered_finetune")
+
+
+def format_zoo_table(signals: dict[str, OrganismSignals], ablation: list[dict[str, Any]]) -> str:
+    """Plain-text table: domain-word hits per readout (own / best other domain), ‖δ̄‖/ν_ft."""
+    head = (f"{'organism':<20} {'type':<13} {'mix':>4}  {'lens':>7} {'patch':>7} {'mining':>7}"
+            f"  {'|d|/nu':>7}")
+    lines = ["Domain words among the top-20 tokens (own domain / best other domain):", head,
+             "-" * len(head)]
+    for s in signals.values():
+        cells = []
+        for readout in READOUTS:
+            if readout not in s.hits:
+                cells.append(f"{'-':>7}")
+                continue
+            other = max(s.cross_hits[readout].values(), default=0)
+            cells.append(f"{len(s.hits[readout]):>3}/{other:<3}")
+        norm = f"{s.relative_norm:7.3f}" if s.relative_norm is not None else f"{'-':>7}"
+        lines.append(f"{s.organism:<20} {s.type:<13} {s.mix_ratio:>4g}  {' '.join(cells)}  "
+                     f"{norm}")
+    for row in ablation:
+        parts = [f"{k.removesuffix('_hits')} {v[0]:.3g} -> {v[1]:.3g}"
+                 for k, v in row.items() if isinstance(v, list)]
+        lines.append(f"mixing ablation {row['unmixed']} -> {row['mixed']} "
+                     f"(1:{row['mix_ratio']:g}): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def evaluate_zoo(registry: dict[str, OrganismEntry], names: list[str], runs_root: Path | str,
+                 out: Path | str | None = None) -> dict[str, Any]:
+    """Signals of every organism in ``names`` with finished runs, the mixing ablation and the
+    table; written to ``<out>/zoo.json`` and ``<out>/zoo.txt`` when ``out`` is given."""
+    signals = {}
+    missing = []
+    for name in names:
+        if not (Path(runs_root) / name / "adl" / "summary.json").is_file():
+            missing.append(name)
+            continue
+        signals[name] = organism_signals(runs_root, registry[name], registry)
+    ablation = mixing_ablation(signals, registry)
+    table = format_zoo_table(signals, ablation)
+    result = {"runs_root": str(runs_root), "top": TOP,
+              "organisms": {n: s.to_dict() for n, s in signals.items()},
+              "mixing_ablation": ablation, "without_runs": missing, "table": table}
+    if out is not None:
+        from difflens.io.artifacts import atomic_write_bytes, write_json
+
+        write_json(Path(out) / "zoo.json", result)
+        atomic_write_bytes(Path(out) / "zoo.txt", (table + "\n").encode("utf-8"))
+    return result
