@@ -29,3 +29,15 @@ def tiny_dir(tmp_path_factory, tokenizer) -> Path:
 def tiny_ft_dir(tmp_path_factory, tokenizer) -> Path:
     """A second tiny llama with different weights (a 'full finetune' of tiny_dir)."""
     return save_tiny(tmp_path_factory.mktemp("tiny-llama-ft"), "llama", 1, tokenizer)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
+    OpenMP threads made them 15-50x slower: modules of tiny-model tests use this fixture."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

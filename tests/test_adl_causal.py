@@ -34,13 +34,7 @@ FT_DOCS = [f"Cake batter with flour, butter and sugar goes into the oven {i}." f
 REF = [f"The quick brown fox jumps over the lazy dog near river {i}." for i in range(12)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared 2-core machine: extra threads only contend (measured 15x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _biased_pair(tokenizer, layer: int, direction: torch.Tensor, scale: float) -> ModelPair:

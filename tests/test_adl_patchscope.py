@@ -21,15 +21,7 @@ from difflens.models.hooks import capture
 from difflens.models.pair import ModelPair
 from tiny import tiny_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine spinning OpenMP
-    # threads make them ~50x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from difflens.embeddings import BUNDLED, Embedder, load_embedder
 from difflens.errors import DifflensError
@@ -61,14 +60,7 @@ REFERENCE = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # MiniLM on a shared 2-core machine: a second torch thread only contends (measured 4-15x
-    # slower under load), and these batches are tiny.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ OPENING = "You are an interpretability researcher"
 LEAK = re.compile(r"cake[_\-\s]?bake", re.I)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_adl_run(run, name="cake_bake"):

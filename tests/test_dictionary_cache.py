@@ -19,13 +19,7 @@ from difflens.models.pair import ModelPair
 LAYERS = [1, 3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors on a shared machine: one thread avoids OpenMP barrier stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_corpus(path, n: int = 40, seed: int = 0):

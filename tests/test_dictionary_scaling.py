@@ -23,14 +23,7 @@ from difflens.methods.dictionary import (
     tag_latents,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_crosscoder() -> tuple[Crosscoder, torch.Tensor]:

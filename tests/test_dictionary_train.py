@@ -21,14 +21,7 @@ from difflens.methods.dictionary import (
 from difflens.methods.dictionary.checkpoint import latest_checkpoint
 from difflens.methods.dictionary.train import k_at, learning_rate_at, rebatch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP barrier stalls on a shared, loaded machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CFG = DictionaryConfig(d_in=16, width=48, k=3, dead_tokens=256, threshold_decay=0.9, seed=7)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from difflens.cli import main
 from difflens.evaluation import bootstrap_ci, summarize
@@ -32,12 +31,7 @@ def _eval_command(monkeypatch):
         monkeypatch.setattr(commands, "register_all", register_all)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bootstrap_and_summary():

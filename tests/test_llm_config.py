@@ -85,6 +85,8 @@ def test_importing_llm_and_graders_stays_light():
 def test_unreachable_endpoint_fails_fast_with_one_line():
     url = closed_port_url()
     client = LLMClient(LLMConfig(base_url=url, model="m", timeout=30.0))
+    import openai  # noqa: F401  (a cold import takes seconds on a loaded machine: not timed)
+
     start = time.monotonic()
     with pytest.raises(DifflensError) as info:
         client.check_reachable()
@@ -125,3 +127,16 @@ def test_check_reachable_accepts_a_live_server_and_reports_bad_keys(openai_serve
     assert "sk-wrong" not in str(info.value) and info.value.__context__ is None
     monkeypatch.setenv("DIFFLENS_TEST_KEY", "sk-right")
     LLMClient(config).check_reachable()
+
+
+def test_cli_parser_stays_light():
+    """`difflens --help` builds every subcommand's parser without importing torch & co."""
+    code = (
+        "import sys; from difflens.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('openai', 'torch', 'sentence_transformers', 'transformers') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

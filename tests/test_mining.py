@@ -25,14 +25,7 @@ TEXTS = [f"Text {i} is about rivers, engines and a letter to a friend in the old
          for i in range(24)] + ["Short one.", "The quick brown fox jumps."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core machine OpenMP threads
-    spin against other processes (10× slower); restore the setting for other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -22,13 +22,7 @@ TEXTS = [f"Story {i}: a river runs past engines and gears; she wrote a letter to
          for i in range(30)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and threads fight other processes on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_pair(tokenizer, bias: float = 3.0, noise: float = 0.02) -> ModelPair:

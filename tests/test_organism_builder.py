@@ -30,14 +30,7 @@ DOCS = [
 GENERAL = [f"The river {i} runs through the old town near the hills." for i in range(12)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a loaded machine idle-spinning intra-op
-    threads slow these tests down tenfold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _jsonl(path: Path, texts: list[str]) -> Path:

@@ -16,36 +16,43 @@ Typical use::
 
 from __future__ import annotations
 
-from difflens.methods.dictionary.config import DictionaryConfig, TrainConfig
-from difflens.methods.dictionary.crosscoder import Crosscoder, DiffSAE, load_dictionary
-from difflens.methods.dictionary.dictionary import (
-    BASE,
-    FT,
-    DictionaryOutput,
-    Losses,
-    SparseDictionary,
-)
-from difflens.methods.dictionary.latent_scaling import (
-    LatentScaling,
-    LatentScalingResult,
-    latent_scaling,
-)
-from difflens.methods.dictionary.metrics import (
-    EvalResult,
-    Evaluation,
-    LatentTag,
-    dead_fraction,
-    decoder_cosine,
-    delta_norm,
-    delta_norm_histogram,
-    evaluate,
-    fve,
-    l0,
-    tag_latents,
-)
-from difflens.methods.dictionary.normalize import Normalizer, NormStats, estimate_scales
-from difflens.methods.dictionary.synthetic import LatentKind, SyntheticPairs, make_synthetic_pairs
-from difflens.methods.dictionary.train import Trainer, TrainResult
+from typing import Any
+
+# Lazy: `difflens --help` imports the dictionary CLI, which must not pull in torch.
+_LAZY = {
+    "BASE": "dictionary",
+    "Crosscoder": "crosscoder",
+    "DictionaryConfig": "config",
+    "DictionaryOutput": "dictionary",
+    "DiffSAE": "crosscoder",
+    "EvalResult": "metrics",
+    "Evaluation": "metrics",
+    "FT": "dictionary",
+    "LatentKind": "synthetic",
+    "LatentScaling": "latent_scaling",
+    "LatentScalingResult": "latent_scaling",
+    "LatentTag": "metrics",
+    "Losses": "dictionary",
+    "NormStats": "normalize",
+    "Normalizer": "normalize",
+    "SparseDictionary": "dictionary",
+    "SyntheticPairs": "synthetic",
+    "TrainConfig": "config",
+    "TrainResult": "train",
+    "Trainer": "train",
+    "dead_fraction": "metrics",
+    "decoder_cosine": "metrics",
+    "delta_norm": "metrics",
+    "delta_norm_histogram": "metrics",
+    "estimate_scales": "normalize",
+    "evaluate": "metrics",
+    "fve": "metrics",
+    "l0": "metrics",
+    "latent_scaling": "latent_scaling",
+    "load_dictionary": "crosscoder",
+    "make_synthetic_pairs": "synthetic",
+    "tag_latents": "metrics",
+}
 
 __all__ = [
     "BASE",
@@ -81,3 +88,13 @@ __all__ = [
     "make_synthetic_pairs",
     "tag_latents",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f"difflens.methods.dictionary.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
