@@ -90,6 +90,7 @@ class OrganismSignals:
     cross_hits: dict[str, dict[str, int]]  # readout -> other organism -> hit count
     relative_norm: float | None  # ‖δ̄‖/ν_ft at the ADL readout layer
     metrics: dict[str, Any] = field(default_factory=dict)  # relevance, similarity, causal
+    lens_hits_by_layer: dict[str, int] = field(default_factory=dict)  # every collected layer
 
     def hit_count(self, readout: str) -> int | None:
         return len(self.hits[readout]) if readout in self.hits else None
@@ -99,7 +100,7 @@ class OrganismSignals:
                 "tokens": self.tokens, "hits": self.hits,
                 "hit_counts": {r: len(h) for r, h in self.hits.items()},
                 "cross_hits": self.cross_hits, "relative_norm": self.relative_norm,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "lens_hits_by_layer": self.lens_hits_by_layer}
 
 
 def organism_signals(runs_root: Path | str, entry: OrganismEntry,
@@ -112,13 +113,17 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
     base = Path(runs_root) / entry.name
-    relative = None
+    relative, by_layer = None, {}
     if (base / "adl" / "summary.json").is_file():
         layer = str(read_json(base / "adl" / "summary.json")["layer"])
-        relative = read_json(base / "adl" / "logit_lens.json")["layers"][layer]["relative_norm"]
+        lens = read_json(base / "adl" / "logit_lens.json")["layers"]
+        relative = lens[layer]["relative_norm"]
+        # Every layer the collection pass read: where in depth the domain becomes readable.
+        by_layer = {lay: len(keyword_hits(info["mean"]["tokens"][:TOP], entry.domain_keywords))
+                    for lay, info in sorted(lens.items(), key=lambda kv: int(kv[0]))}
     metrics = {"adl": adl_metrics(base / "adl"), "mining": mining_metrics(base / "mining")}
     return OrganismSignals(entry.name, entry.type, entry.mix_ratio, tokens, hits, cross,
-                           relative, metrics)
+                           relative, metrics, by_layer)
 
 
 def twin_key(entry: OrganismEntry) -> str:

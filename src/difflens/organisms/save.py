@@ -29,6 +29,7 @@ def save_adapter(model: Any, directory: Path, base_id: str, dtype: str) -> None:
         # changed; offline it warns and assumes not, which is right: we never train embeddings
         # unless asked to, and then peft saves them regardless.
         warnings.filterwarnings("ignore", message="Could not find a config file")
+        warnings.filterwarnings("ignore", message="Unable to fetch remote file")
         model.save_pretrained(str(directory), safe_serialization=True)
     weights = directory / ADAPTER_WEIGHTS
     target = getattr(torch, dtype)
