@@ -16,16 +16,17 @@ import torch
 
 from difflens.collect import collect_mean_diff
 from difflens.errors import DifflensError
-from difflens.methods.adl import causal
 from difflens.methods.adl.causal import (
     BASE_DIFF,
     RANDOM,
+    base_difference_directions,
     causal_stage,
     forward_ce,
     random_directions,
     replace_projections,
     token_batch,
 )
+from difflens.models import nll
 from difflens.models.hooks import capture, replace_projection, run_forward
 from difflens.models.pair import BASE, FT, ModelPair
 from tiny import tiny_config, tiny_model
@@ -80,7 +81,7 @@ def test_chunked_ce_equals_model_loss(tokenizer, family, monkeypatch):
     model = tiny_model(family)
     pair = ModelPair.from_models(model, model, tokenizer)
     tokens, mask = token_batch(tokenizer, [*FT_DOCS[:3], "Short one.", "A river runs."], 64)
-    monkeypatch.setattr(causal, "_CHUNK_ELEMENTS", 400 * 7)  # force several unembed chunks
+    monkeypatch.setattr(nll, "CHUNK_ELEMENTS", 400 * 7)  # force several unembed chunks
     ce, _ = forward_ce(pair, FT, tokens, mask)
     with torch.no_grad():
         for i in range(tokens.shape[0]):
@@ -225,7 +226,7 @@ def test_bad_inputs_are_one_line_errors(known_pair):
     with pytest.raises(DifflensError, match="reference"):
         causal_stage(pair, delta, layer, FT_DOCS, [])
     with pytest.raises(DifflensError, match="positions"):
-        causal.base_difference_directions(torch.randn(5, 32), 3, torch.Generator())
+        base_difference_directions(torch.randn(5, 32), 3, torch.Generator())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2", "gemma3", "gpt2", "gpt_neox"])

@@ -181,6 +181,13 @@ def test_base_perplexity_uses_the_base_and_batches(tokenizer):
     assert got[0] == pytest.approx(want[0], rel=1e-4)
     assert got[2] == pytest.approx(want[2], rel=1e-4)
     assert 1.0 < got[0] < 1000.0  # random init over 400 tokens: near-uniform
+    # The model's own loss on BOS + text gives the same perplexity.
+    from difflens.data.tokenize import encode
+
+    ids = torch.tensor([encode(tokenizer, texts[2])])
+    with torch.no_grad():
+        loss = plain(input_ids=ids, labels=ids).loss
+    assert got[2] == pytest.approx(math.exp(float(loss)), rel=1e-4)
 
 
 # -- the search ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 
 from difflens.data.tokenize import encode
 from difflens.models.hooks import add_vector, capture, run_forward
+from difflens.models.nll import token_ce
 from difflens.models.pair import BASE, FT
 
 if TYPE_CHECKING:
@@ -275,10 +276,10 @@ def base_perplexity(
     """A ``texts -> perplexities`` function under the BASE model (adapter disabled).
 
     Each text is scored on its own with one BOS prepended (``exp`` of the mean next-token NLL of
-    its tokens, at most ``max_tokens``).  Texts are right-padded in batches; logits are computed
-    from the last layer's output one row at a time, so memory stays at ``T × V`` instead of
-    ``B × T × V`` (262k-token vocabularies make the latter gigabytes).  A text with no tokens
-    gets ``inf``.
+    its tokens, at most ``max_tokens``).  Texts are right-padded in batches; the NLL is computed
+    from the last layer's output in chunks of valid positions (:func:`token_ce`), so memory
+    stays bounded instead of ``B × T × V`` (262k-token vocabularies make that gigabytes).  A
+    text with no tokens gets ``inf``.
     """
 
     def perplexity(texts: list[str]) -> list[float]:
@@ -305,15 +306,8 @@ def _batch_perplexity(pair: ModelPair, texts: Sequence[str], max_tokens: int) ->
         device = next(model.parameters()).device
         with capture(arch, [last]) as store:
             run_forward(model, input_ids=ids.to(device), attention_mask=mask.to(device))
-        hidden = store[last]  # (B, T, d): the residual output entering the final norm
-        result = []
-        for i, row in enumerate(rows):
-            n = len(row) - 1  # predicted tokens (the BOS is context only)
-            if n <= 0:
-                result.append(math.inf)
-                continue
-            logits = arch.logits(hidden[i, :n]).float()  # (n, V)
-            target = ids[i, 1 : n + 1].to(logits.device)
-            nll = torch.nn.functional.cross_entropy(logits, target)
-            result.append(float(nll.exp()))
-    return result
+        # The residual output entering the final norm; NLL over every text's tokens at once.
+        sums = token_ce(arch, store[last], ids, mask).cpu()
+    counts = mask[:, 1:].sum(1)
+    return [float(math.exp(s / n)) if n > 0 else math.inf
+            for s, n in zip(sums.tolist(), counts.tolist(), strict=True)]
