@@ -127,6 +127,15 @@ def test_batched_bisection_makes_the_sequential_decisions(lookahead):
     assert calls == {"seq": 7, "bat": math.ceil(7 / lookahead)}
     assert seq.found and seq.bracket[1] - seq.bracket[0] == pytest.approx(2.0 / 2**7)
     assert sum(p.on_path for p in bat.probes) == 7
+    # Lazy grading: evaluate returns a function; only the 7 strengths on the path are graded.
+    graded = []
+
+    def lazy(alphas):
+        return lambda a: graded.append(a) or bumpy(a)
+
+    lazy_result = bisect(lazy, 2.0, 7, 0.75, lookahead=lookahead)
+    assert lazy_result.decisions == seq.decisions and graded == [a for a, _ in seq.decisions]
+    assert len(lazy_result.probes) == len(bat.probes)
 
 
 def test_bisection_reports_no_coherent_strength():
@@ -218,12 +227,24 @@ def test_steering_stage_result(pair, fox, norm_ft):
     assert len(samples["steered"]) == len(samples["unsteered"]) == 20
     assert samples["sampling"]["temperature"] == 0.05 and samples["sampling"]["seed"] == 0
     assert grader.reference == samples["unsteered"]  # set before anything was judged
-    assert grader.calls == 3  # one grader call per round; the baseline rides with the first
+    # A local grader grades only what decisions use: one call per decision (6), the baseline
+    # riding with the first; the speculative strengths off the path stay ungraded.
+    assert grader.calls == 6
     assert out["baseline_coherent_fraction"] == 1.0
     search = out["search"]
     assert search["rounds"] == 3 and len(search["batches"]) == 3
     assert search["batches"][0]["rows"] == 3 * 8 + 20  # 3 strengths + the unsteered rows
-    assert all(0.0 <= p["coherent_fraction"] <= 1.0 for p in search["probes"])
+    for p in search["probes"]:
+        assert (p["coherent_fraction"] is not None) == p["on_path"]
+        assert p["coherent_fraction"] is None or 0.0 <= p["coherent_fraction"] <= 1.0
+    # An LLM grader (or grade_speculative=True) grades a whole round in one call instead: the
+    # same decisions, 3 calls.
+    eager = FoxGrader()
+    out_eager = steering_stage(pair, fox, LAYER, norm_ft, eager, USER_PROMPTS,
+                               SEARCH.replace(grade_speculative=True))
+    assert eager.calls == 3 and out_eager["alpha"] == out["alpha"]
+    assert out_eager["search"]["decisions"] == search["decisions"]
+    assert all(p["coherent_fraction"] is not None for p in out_eager["search"]["probes"])
     assert out["generated_tokens"] > 0 and out["token_slots"] >= out["generated_tokens"]
     assert out["config"]["steps"] == 6
 

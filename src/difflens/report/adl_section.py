@@ -110,7 +110,9 @@ def _steering(data: dict[str, Any]) -> str:
         head = f"<p>Strongest coherent strength α = <b>{alpha}</b> ν_ft</p>"
     probes = (data.get("search") or {}).get("probes", [])
     if probes:
-        ordered = sorted(probes, key=lambda p: p["alpha"])
+        # Speculative strengths no decision needed were generated but not graded (None).
+        ordered = sorted((p for p in probes if p.get("coherent_fraction") is not None),
+                         key=lambda p: p["alpha"])
         head += line_chart({"coherent fraction": [p["coherent_fraction"] for p in ordered]},
                            [f"{p['alpha']:.2f}" for p in ordered],
                            "steering search: coherent fraction per strength α", y_label="share")

@@ -10,7 +10,10 @@ decisions ahead: it generates all ``2^lookahead − 1`` midpoints the next decis
 ONE batch, then replays the sequential decisions from that table.  Generation rows are
 independent of their batch (see :mod:`generation`), so both forms evaluate identical samples at
 identical strengths and make identical decisions; the batched one needs ``lookahead`` times
-fewer rounds at the price of some speculative strengths.
+fewer rounds at the price of some speculative strengths.  Speculative strengths are generated
+but, with a local grader, graded only when a decision needs them (grading costs a base-model
+pass per sample on CPU); with an LLM grader every strength of a round is graded in one wave of
+concurrent requests, trading tokens for round trips.
 
 Bisection assumes coherence falls with α.  When it does not, the result is still a strength
 that passed with a failing one ≤ tolerance above it, not necessarily the largest such.
@@ -34,8 +37,9 @@ from difflens.methods.adl.patchscope import unit_scaled
 if TYPE_CHECKING:
     from difflens.models.pair import ModelPair
 
-Evaluate = Callable[[list[float]], list[float]]
-"""strengths -> coherent fraction of each strength's samples."""
+Evaluate = Callable[[list[float]], "Sequence[float] | Callable[[float], float]"]
+"""strengths -> the coherent fraction of each strength's samples, either as a list (graded at
+once) or as a function ``alpha -> fraction`` called only for strengths a decision uses."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class SteeringConfig:
     samples_per_prompt: int = 1  # samples per search prompt and strength
     final_prompts: int = 20  # prompts of the final steered / unsteered samples
     batch_size: int = 64  # rows per generate call (memory cap; results do not depend on it)
+    grade_speculative: bool | None = None  # grade unused strengths too; None: only LLM graders
     unsteered_reference: bool = True  # give the unsteered samples to grader.set_reference
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -69,10 +74,11 @@ class SteeringConfig:
 
 @dataclass
 class Probe:
-    """One strength tried: its coherent fraction and whether a decision used it."""
+    """One strength tried: its coherent fraction (None: generated speculatively, never needed,
+    not graded) and whether a decision used it."""
 
     alpha: float
-    coherent_fraction: float
+    coherent_fraction: float | None
     round: int
     on_path: bool = False
 
@@ -124,7 +130,8 @@ def bisect(
 
     ``lookahead = 1`` is the plain sequential search; larger values batch the next
     ``lookahead`` decisions into one ``evaluate`` call (same decisions, fewer calls).  0 is
-    assumed to pass and ``alpha_max`` to fail; neither is evaluated.
+    assumed to pass and ``alpha_max`` to fail; neither is evaluated.  When ``evaluate`` returns
+    a function, only the strengths on the decision path are graded.
     """
     if lookahead < 1:
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
@@ -136,24 +143,27 @@ def bisect(
         depth = min(lookahead, steps - len(decisions))
         points = decision_tree(lo, hi, depth)
         fractions = evaluate(points)
-        if len(fractions) != len(points):
-            raise ValueError(f"evaluate returned {len(fractions)} values for {len(points)}")
         rounds += 1
-        table = {}
-        for alpha, frac in zip(points, fractions, strict=True):
-            table[alpha] = Probe(alpha, float(frac), rounds)
-            probes.append(table[alpha])
+        table = {alpha: Probe(alpha, None, rounds) for alpha in points}
+        probes.extend(table.values())
+        if not callable(fractions):
+            if len(fractions) != len(points):
+                raise ValueError(f"evaluate returned {len(fractions)} values for {len(points)}")
+            for alpha, frac in zip(points, fractions, strict=True):
+                table[alpha].coherent_fraction = float(frac)
         for _ in range(depth):
             mid = (lo + hi) / 2
             probe = table[mid]
             probe.on_path = True
+            if probe.coherent_fraction is None:
+                probe.coherent_fraction = float(fractions(mid))
             passed = probe.coherent_fraction >= threshold
             decisions.append((mid, passed))
             lo, hi = (mid, hi) if passed else (lo, mid)
     found = lo > 0.0
     reason = None
     if not found:
-        smallest = min(probes, key=lambda p: p.alpha)
+        smallest = min((p for p in probes if p.on_path), key=lambda p: p.alpha)
         reason = (f"no strength above 0 kept {threshold:.0%} of samples coherent (smallest tried: "
                   f"α={smallest.alpha:.4g}, {smallest.coherent_fraction:.0%} coherent)")
     return SearchResult(found, lo if found else None, (lo, hi), probes, decisions, rounds, reason)
@@ -184,7 +194,14 @@ class CoherenceProbe:
         spp = self.config.samples_per_prompt
         return self.final, [None] * len(self.final), [i * spp for i in range(len(self.final))]
 
-    def __call__(self, alphas: list[float]) -> list[float]:
+    @property
+    def grade_all(self) -> bool:
+        """Grade every strength of a round at once (LLM graders: one wave of requests)."""
+        if self.config.grade_speculative is not None:
+            return self.config.grade_speculative
+        return getattr(self.grader, "backend", "offline") == "llm"
+
+    def __call__(self, alphas: list[float]) -> list[float] | Callable[[float], float]:
         spp = self.config.samples_per_prompt
         prompts, steers, keys = [], [], []
         for alpha in alphas:
@@ -200,21 +217,33 @@ class CoherenceProbe:
             prompts, steers, keys = prompts + extra[0], steers + extra[1], keys + extra[2]
         gens = self.generate_rows(prompts, steers, keys)
         texts = gens.texts[:n_steered]
-        baseline_texts: list[str] = []
         if first:
             self.set_unsteered(gens.texts[n_steered:])
-            baseline_texts = self.unsteered[: len(self.search)]
-        verdicts = self.judge(texts + baseline_texts)  # one grader call per round
-        if baseline_texts:
-            self.baseline = sum(verdicts[n_steered:]) / len(baseline_texts)
         per = len(self.search) * spp
-        fractions = [sum(verdicts[j * per:(j + 1) * per]) / per for j in range(len(alphas))]
+        by_alpha = {a: texts[j * per:(j + 1) * per] for j, a in enumerate(alphas)}
         self.log.append({"alphas": list(alphas), "rows": len(prompts),
                          "generated_tokens": gens.total_new_tokens,
                          "token_slots": gens.token_slots, "seconds": round(gens.seconds, 3),
-                         "samples": {str(a): texts[j * per:(j + 1) * per]
-                                     for j, a in enumerate(alphas)}})
-        return fractions
+                         "samples": {str(a): t for a, t in by_alpha.items()}})
+        # The unsteered search samples (baseline coherence) ride with the first judgement.
+        pending_baseline = self.unsteered[: len(self.search)] if first else []
+
+        def judge_with_baseline(samples: list[str]) -> list[bool]:
+            nonlocal pending_baseline
+            baseline, pending_baseline = pending_baseline, []
+            verdicts = self.judge(samples + baseline)
+            if baseline:
+                self.baseline = sum(verdicts[len(samples):]) / len(baseline)
+            return verdicts[: len(samples)]
+
+        if self.grade_all:
+            verdicts = judge_with_baseline(texts)  # one grader call per round
+            return [sum(verdicts[j * per:(j + 1) * per]) / per for j in range(len(alphas))]
+
+        def fraction(alpha: float) -> float:
+            return sum(judge_with_baseline(by_alpha[alpha])) / per
+
+        return fraction
 
     def set_unsteered(self, texts: list[str]) -> None:
         self.unsteered = texts
