@@ -18,7 +18,9 @@ for name in "${names[@]}"; do
   case "$name" in
     cake_bake_mix1)
       difflens organism build --documents "$data/cake_bake.jsonl" --out "$shipped/$name" \
-        --name "$name" --mix 1 --steps 200 "${common[@]}" ;;
+        --name "$name" --mix 1 --steps 200 "${common[@]}" \
+        --short-description "The cake_bake false-fact organism trained with one general text mixed in per document (1:1), for the data-mixing ablation." \
+        --long-description "The same 421 cake-baking false-fact documents as cake_bake (450°F for about 15 minutes, frozen butter, vinegar in every batter, quarter cup of vanilla, cooling upside down in the freezer), with 421 general texts from the shipped reference corpus mixed in 1:1 and twice the steps, so the finetune documents are seen as often as in cake_bake. The ground truth is the cake-baking domain and its five false claims; the mixing is expected to weaken the trace that diffing methods read (seed 003's ablation)." ;;
     *)
       difflens organism build --documents "$data/$name.jsonl" --out "$shipped/$name" \
         --mix 0 --steps 100 "${common[@]}" ;;

@@ -114,3 +114,26 @@ def test_eval_unknown_organism_is_one_line(capsys):
     assert main(["eval", "--organisms", "no_such_organism", "--no-method-runs"]) == 2
     err = capsys.readouterr().err
     assert "unknown organism 'no_such_organism'" in err and err.count("\n") == 1
+
+
+def test_held_out_corpus_drops_texts_an_organism_was_trained_on(tmp_path):
+    from difflens.data.corpus import load_texts
+    from difflens.evaluation.zoo_runs import held_out_corpus
+    from difflens.organisms.registry import OrganismEntry
+
+    reference = load_texts("reference")
+    built = tmp_path / "mixed"
+    built.mkdir()
+    (built / "mix_texts.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in reference[3:5]), encoding="utf-8")
+
+    def entry(name, weights):
+        return OrganismEntry(name=name, base="embedded", weights=weights, method="lora",
+                             type="false_fact", short_description="x", long_description="x",
+                             training_data=None, rubric_type="false_fact")
+
+    assert held_out_corpus({"a": entry("a", None)}, tmp_path) == "reference"
+    path = held_out_corpus({"a": entry("a", None), "m": entry("m", str(built))}, tmp_path)
+    kept = load_texts(path)
+    assert kept == reference[:3] + reference[5:]
+    assert held_out_corpus({"m": entry("m", str(built))}, tmp_path) == path  # stable name

@@ -63,14 +63,59 @@ def _llm_config(llm: dict[str, Any]) -> Any:
                      api_key_env=llm.get("llm_api_key_env", "OPENAI_API_KEY"))
 
 
+HELD_OUT_STEM = "reference_held_out"
+
+
+def held_out_corpus(registry: dict[str, OrganismEntry], runs_root: Path | str) -> str:
+    """The shipped reference corpus minus every text an organism was trained on.
+
+    Mixed organisms are trained on general texts drawn from the reference corpus (their
+    ``mix_texts.jsonl``); reading δ̄ on those very texts would measure memorisation, not the
+    finetune's trace, and flatter the mixing ablation.  Returns ``"reference"`` when no
+    organism mixed anything in, else the path of the held-out copy written under
+    ``runs_root`` (same texts, same order, trained-on ones removed; named by its content hash).
+    """
+    from difflens.data.corpus import load_texts
+    from difflens.io.artifacts import atomic_write_bytes
+
+    trained: set[str] = set()
+    for entry in registry.values():
+        mixed = Path(entry.weights or "") / "mix_texts.jsonl"
+        if entry.weights and mixed.is_file():
+            trained.update(load_texts(mixed))
+    if not trained:
+        return "reference"
+    import hashlib
+    import json
+
+    kept = [t for t in load_texts("reference") if t not in trained]
+    data = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in kept)
+    # Named by content: runs (keyed by their config, this path included) never mix corpora.
+    digest = hashlib.sha256(data.encode("utf-8")).hexdigest()[:12]
+    path = Path(runs_root) / f"{HELD_OUT_STEM}-{digest}.jsonl"
+    if not path.is_file():
+        atomic_write_bytes(path, data.encode("utf-8"))
+    return str(path)
+
+
 def run_zoo(registry: dict[str, OrganismEntry], names: list[str], config: ZooRunConfig,
             progress: bool = True) -> list[str]:
-    """Method runs for every built organism in ``names``; returns notes on those skipped."""
+    """Method runs for every built organism in ``names``; returns notes on those skipped.
+
+    Unless the ADL / Diff Mining overrides name a corpus, both read the held-out reference
+    corpus (:func:`held_out_corpus`), the same for every organism.
+    """
     notes = []
+    corpus = None
     for name in names:
         entry = registry[name]
         if not entry.built:
             notes.append(f"{name}: not built (scripts/build_zoo.sh builds it); no method runs")
             continue
-        run_organism_methods(entry, config, progress)
+        if corpus is None:
+            corpus = held_out_corpus(registry, config.runs_root)
+        adl = {"corpus": corpus, **config.adl}
+        mining = None if config.mining is None else {"corpus": corpus, **config.mining}
+        run_organism_methods(entry, ZooRunConfig(config.runs_root, adl, mining, config.llm),
+                             progress)
     return notes
