@@ -81,8 +81,16 @@ def test_chunked_ce_equals_model_loss(tokenizer, family, monkeypatch):
     model = tiny_model(family)
     pair = ModelPair.from_models(model, model, tokenizer)
     tokens, mask = token_batch(tokenizer, [*FT_DOCS[:3], "Short one.", "A river runs."], 64)
-    monkeypatch.setattr(nll, "CHUNK_ELEMENTS", 400 * 7)  # force several unembed chunks
-    ce, _ = forward_ce(pair, FT, tokens, mask)
+    # Force several vocabulary tiles (fast path) and several position chunks (generic path).
+    monkeypatch.setattr(nll, "_MIN_TILE", 64)
+    monkeypatch.setattr(nll, "TILE_ELEMENTS_CPU", 64)
+    monkeypatch.setattr(nll, "CHUNK_ELEMENTS", 400 * 7)
+    ce, hidden = forward_ce(pair, FT, tokens, mask, read_layer=model.config.num_hidden_layers - 1)
+    arch = pair.arch(FT)
+    valid = mask[:, 1:].bool()
+    h, y = hidden[:, :-1][valid], tokens[:, 1:][valid]
+    torch.testing.assert_close(nll._tiled_ce(arch, h, y), nll._chunked_ce(arch, h, y),
+                               rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         for i in range(tokens.shape[0]):
             n = int(mask[i].sum())

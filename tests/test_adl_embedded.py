@@ -1,8 +1,8 @@
 """ADL acceptance on the embedded default: gemma-3-270m + the shipped cake_bake organism.
 
-One ADL run (module fixture) with the CPU defaults except a smaller corpus, then assertions on
-what a user must see: domain words in the readout, steering that moves text towards the
-finetune documents, and a causal effect of δ̄ outside the random baselines.
+One ADL run (module fixture) with exactly the CPU defaults of the README's main command, then
+assertions on what a user must see: domain words in the readout, steering that moves text
+towards the finetune documents, and a causal effect of δ̄ outside the random baselines.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def pair() -> ModelPair:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, pair):
     out = tmp_path_factory.mktemp("adl-embedded")
-    summary = run_adl(ADLConfig(n_texts=1000), out, pair=pair, progress=False)
+    summary = run_adl(ADLConfig(), out, pair=pair, progress=False)
     return out, summary
 
 
@@ -64,10 +64,11 @@ def test_steering_moves_text_towards_the_finetune(run):
     assert steering["found"], steering.get("reason")
     assert len(steering["samples"]["steered"]) >= 20
     sim = json.loads((out / "similarity.json").read_text())
-    # The shipped organism leaks its domain into *unsteered* answers too (it overgeneralises),
-    # so steered vs unsteered differ by less than their intervals here; what must hold is that
-    # steering moves text towards the finetune documents, far above general text.
-    assert sim["steered_finetune"]["mean"] > sim["unsteered_finetune"]["mean"], sim
+    # Steered text is closer to the finetune documents than unsteered text, with 95% intervals
+    # apart (the shipped organism leaks its domain into unsteered answers too, so the unsteered
+    # similarity is already well above general text), and far above general text.
+    assert sim["steered_finetune"]["ci_low"] > sim["unsteered_finetune"]["ci_high"], sim
+    assert sim["p_value"] < 0.01, sim
     assert sim["steered_finetune"]["ci_low"] > sim["reference_finetune"], sim
     assert sim["steered_finetune"]["ci_low"] > sim["steered_reference"]["ci_high"], sim
 
