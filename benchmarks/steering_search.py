@@ -11,7 +11,7 @@ and the vector is the unembedding row of " cake" (δ̄ would be zero); without t
 reference corpus δ̄ is read from the shipped chat prompts; without the offline grader (MiniLM
 package) coherence is a repetition rule defined here.
 
-    python benchmarks/steering_search.py --threads 1 --prompts 8 --new-tokens 32 --out bench.json
+    python benchmarks/steering_search.py --out bench.json     # ADL's CPU/GPU search settings
 """
 
 from __future__ import annotations
@@ -117,20 +117,23 @@ def run_variant(pair, v, layer, grader, prompts, config, lookahead) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8, help="search prompts")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="search prompts (default: ADL's, 4 on CPU and 8 on GPU)")
     parser.add_argument("--final-prompts", type=int, default=20,
                         help="unsteered rows carried by the first batch")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--alpha-max", type=float, default=2.0)
-    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="bracket width (default: ADL's, 0.125 on CPU and 0.05 on GPU)")
     parser.add_argument("--lookahead", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest on a shared 2-core machine)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, as in `difflens adl`)")
     parser.add_argument("--texts", type=int, default=200, help="texts for δ̄")
     parser.add_argument("--out", default=None, help="write the JSON report here")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     notes: list[str] = []
     t0 = time.perf_counter()
     pair = load_pair(notes)
@@ -143,8 +146,11 @@ def main() -> None:
     from difflens.data.chat import chat_prompt
 
     prompts = [chat_prompt(pair.tokenizer, p) for p in chat_prompts()]
+    gpu = str(pair.device).startswith("cuda")
     config = SteeringConfig(
-        alpha_max=args.alpha_max, tolerance=args.tolerance, search_prompts=args.prompts,
+        alpha_max=args.alpha_max,
+        tolerance=args.tolerance or (0.05 if gpu else 0.125),
+        search_prompts=args.prompts or (8 if gpu else 4),
         final_prompts=args.final_prompts,
         sampling=SamplingConfig(max_new_tokens=args.new_tokens),
     )
@@ -160,7 +166,7 @@ def main() -> None:
         var["token_slots_ratio"] = round(var["token_slots"] / seq["token_slots"], 2)
     report = {
         "pair": {"base": pair.base_id, "finetuned": pair.ft_id}, "layer": layer,
-        "norm_ft": norm_ft, "notes": notes, "threads": args.threads,
+        "norm_ft": norm_ft, "notes": notes, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "grader": getattr(grader, "describe", lambda: {})(),
         "config": config.to_dict(), "setup_seconds": round(setup, 1), "variants": variants,

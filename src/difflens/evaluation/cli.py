@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         get_organism(name, registry)  # one-line error naming the known organisms
     runs_root = args.runs_root or str(Path(args.out) / "methods")
     if args.method_runs:
-        adl = {"skip": list(args.adl_skip), **({"n_texts": args.n_texts} if args.n_texts else {})}
+        adl = {"skip": list(args.adl_skip), "device": args.device, "dtype": args.dtype,
+               **({"n_texts": args.n_texts} if args.n_texts else {})}
         mining = ({"n_texts": args.mining_texts} if args.mining_texts else {}) if args.mining \
             else None
         todo = [n for n in names

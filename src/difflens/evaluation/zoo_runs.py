@@ -36,9 +36,13 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
 
     if not entry.built:
         raise ValueError(f"{entry.name} is not built")
+    from difflens.models.loading import LoadOptions
+
     out = Path(config.runs_root) / entry.name
-    pair = ModelPair.load(entry.base, entry.weights)
-    sources = {"base": entry.base, "finetuned": entry.weights}
+    # Device and dtype are run settings of both methods (part of their configs).
+    device, dtype = config.adl.get("device", "cpu"), config.adl.get("dtype", "float32")
+    pair = ModelPair.load(entry.base, entry.weights, LoadOptions(dtype=dtype, device=device))
+    sources = {"base": entry.base, "finetuned": entry.weights, "device": device, "dtype": dtype}
     log.info("ADL on %s", entry.name)
     summaries = {"adl": run_adl(ADLConfig(**{**sources, **config.adl, **config.llm}),
                                 out / "adl", pair=pair, progress=progress)}
