@@ -107,7 +107,15 @@ def test_eval_without_endpoint_is_method_level_only(tmp_path, capsys):
     assert cake["hit_counts"] == {"adl_logit_lens": 4, "adl_patchscope": 3, "mining": 2}
     assert cake["cross_hits"]["adl_logit_lens"]["taboo_ocean"] == 0
     html = (out / "report.html").read_text()
-    assert "Method-level evaluation" in html and "agents skipped" not in html
+    assert "Method-level evaluation" in html and "<svg" in html
+    # Model text is escaped: plant markup in a readout token and render again.
+    lens_path = runs / "cake_bake" / "adl" / "logit_lens.json"
+    lens = json.loads(lens_path.read_text())
+    lens["layers"]["2"]["mean"]["tokens"][0] = "<script>alert(1)</script>"
+    lens_path.write_text(json.dumps(lens))
+    assert main(argv) == 0
+    html = (out / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
 
 
 def test_eval_unknown_organism_is_one_line(capsys):

@@ -9,7 +9,7 @@ from typing import Any
 
 from difflens.io.artifacts import atomic_write_bytes
 from difflens.report.page import STYLE, token_table
-from difflens.report.svg import interval_chart
+from difflens.report.svg import bar_chart, interval_chart, line_chart
 
 READOUT_TITLES = {"adl_logit_lens": "ADL logit lens", "adl_patchscope": "ADL Patchscope",
                   "mining": "Diff Mining"}
@@ -55,6 +55,20 @@ def zoo_section(zoo: dict[str, Any]) -> str:
                     f"<td>{'-' if norm is None else f'{norm:.3f}'}</td></tr>")
     parts.append(f"<table><tr><th>organism</th><th>type</th><th>mix</th>{head}"
                  f"<th>‖δ̄‖/ν_ft</th></tr>{''.join(rows)}</table>")
+    bars = {name: {f"{READOUT_TITLES[r]} (own)": len(s["hits"][r]) for r in READOUT_TITLES
+                   if r in s["hits"]}
+            | {f"{READOUT_TITLES[r]} (best other)": max(s["cross_hits"][r].values(), default=0)
+               for r in READOUT_TITLES if r in s["hits"]}
+            for name, s in organisms.items()}
+    parts.append(bar_chart(bars, f"domain words among the top {zoo['top']} tokens",
+                           top=float(zoo["top"])))
+    layers = sorted({int(k) for s in organisms.values() for k in s.get("lens_hits_by_layer", {})})
+    if layers:
+        series = {name: [s["lens_hits_by_layer"].get(str(k), 0) for k in layers]
+                  for name, s in organisms.items() if s.get("lens_hits_by_layer")}
+        parts.append(line_chart(series, [str(k) for k in layers],
+                                "logit lens of δ̄: domain words in the top 20, per layer",
+                                y_label="hits"))
     for row in zoo.get("mixing_ablation") or []:
         items = "".join(f"<li>{escape(k)}: {v[0]:.3g} → {v[1]:.3g}</li>"
                         for k, v in row.items() if isinstance(v, list))

@@ -87,6 +87,35 @@ def strip_chart(groups: dict[str, list[float]], marker: dict[str, float], title:
     return _svg(width, height, parts)
 
 
+def bar_chart(rows: dict[str, dict[str, float]], title: str, width: int = 560,
+              bar_height: int = 9, top: float | None = None) -> str:
+    """Grouped horizontal bars: one group per row label, one bar per series (shared colours)."""
+    series = list(dict.fromkeys(k for values in rows.values() for k in values))
+    group = bar_height * max(len(series), 1) + 8
+    height = 40 + group * len(rows) + 14 * len(series)
+    hi = top or max([v for values in rows.values() for v in values.values()] + [1e-9])
+    left, right = 170, width - 40
+    parts = [f'<text x="8" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    for i, (label, values) in enumerate(rows.items()):
+        y0 = 30 + i * group
+        parts.append(f'<text x="8" y="{y0 + group / 2:.0f}" font-size="11">{escape(label)}</text>')
+        for j, name in enumerate(series):
+            if name not in values:
+                continue
+            w = (right - left) * values[name] / hi
+            y = y0 + j * bar_height
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_height - 1}" '
+                         f'fill="{PALETTE[j % len(PALETTE)]}"/>')
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar_height - 1}" '
+                         f'font-size="9">{values[name]:g}</text>')
+    legend_y = 34 + group * len(rows)
+    for j, name in enumerate(series):
+        parts.append(f'<rect x="{left}" y="{legend_y + 14 * j}" width="10" height="10" '
+                     f'fill="{PALETTE[j % len(PALETTE)]}"/><text x="{left + 14}" '
+                     f'y="{legend_y + 9 + 14 * j}" font-size="10">{escape(name)}</text>')
+    return _svg(width, height, parts)
+
+
 def _frame(width: int, height: int, title: str, left: int, bottom: int, right: int, upper: int,
            top: float, y_label: str) -> str:
     return (f'<text x="8" y="14" font-size="13" font-weight="bold">{escape(title)}</text>'
