@@ -6,32 +6,32 @@ import argparse
 from typing import Any
 
 EPILOG = """\
-Reproducing the seed's agent table (ADL vs black-box, budgets 0/5/50) with a real endpoint:
+Reproducing the seed's agent table (ADL vs Diff Mining vs black-box, budgets 0/5/50) with a
+real endpoint (key read from $OPENAI_API_KEY, or the variable --llm-api-key-env names; any
+OpenAI-compatible server works):
 
-  # 1. diffing results per organism (the organism name is the folder name)
-  difflens adl  --finetuned ORGANISM_DIR --out runs/orgs/cake_bake/adl
-  difflens mine --finetuned ORGANISM_DIR --out runs/orgs/cake_bake/mining
-  # 2. agents + grading (key read from $OPENAI_API_KEY; any OpenAI-compatible server works)
-  difflens eval --runs-root runs/orgs --organisms cake_bake \\
-      --agents adl blackbox --budgets 0 5 50 --repeats 5 \\
+  export OPENAI_API_KEY=...
+  difflens eval --agents adl mining blackbox --budgets 0 5 50 --repeats 5 \\
       --llm-base-url https://api.openai.com/v1 --agent-model gpt-5 --llm-model gpt-5-mini \\
-      --out runs/eval
-  cat runs/eval/table.txt       # mean grade, grade>=2 and grade>=4 rates with 95% bootstrap CIs
+      --grade-repeats 3 --out runs/eval
+  cat runs/eval/table.txt   # mean grade, grade>=2 and grade>=4 rates with 95% bootstrap CIs
 
-The seed reports (33 organisms, gpt-5 agent, gpt-5-mini grader): black-box i=0/5/50 at
-~15%/~25%/39% grade>=2; ADL i=0/5 at 82%/91% grade>=2 and 24%/30% grade>=4.
-Without --finetuned, each organism's own weights from the registry are used for model tools;
-unbuilt organisms then get no model (use budget 0). --protocol text forces the plain-text tool
-protocol (for servers without native tool calls; auto switches on an HTTP 400).
+Every registered organism is used unless --organisms names some.  Organisms without a finished
+ADL run under --runs-root (default OUT/methods) first get ADL and Diff Mining runs there
+(<root>/<organism>/adl, <root>/<organism>/mining; --device cuda on a GPU), read by the agents.
+Each organism's own weights from the registry serve the model tools (--finetuned overrides).
+--protocol text forces the plain-text tool protocol (for servers without native tool calls;
+auto switches on an HTTP 400).  Finished agent runs are reused: an interrupted evaluation
+resumes.  The seed reports (33 organisms, gpt-5 agent, gpt-5-mini grader): black-box i=0/5/50
+at ~15%/~25%/39% grade>=2; ADL i=0/5 at 82%/91% grade>=2 and 24%/30% grade>=4.
 
-Method-level evaluation (no endpoint needed): for every built organism without a finished run
-under --runs-root (default OUT/methods), ADL and Diff Mining run first, graded offline unless an
-endpoint is given; then OUT/zoo.txt lists the domain words among each readout's top-20 tokens
-(own domain / best other domain: the cross-domain control) and the 1:1 data-mixing ablation
-(mixed organism vs its unmixed twin), and OUT/report.html shows it all:
+Method-level evaluation (no endpoint needed): with the runs above, OUT/zoo.txt lists the
+domain words among each readout's top-20 tokens (own domain / best other domain: the
+cross-domain control), hits per layer, and the 1:1 data-mixing ablation (mixed organism vs its
+unmixed twin); OUT/report.html shows it all.  Without an endpoint only this part runs:
 
-  difflens eval --offline                      # whole zoo, CPU defaults (~10 min per organism)
-  difflens eval --offline --n-texts 1000 --adl-skip steering similarity causal   # quick
+  difflens eval --offline                      # whole zoo, CPU defaults (MINUTES_PER_ORGANISM)
+  difflens eval --offline --adl-skip steering similarity causal --mining-texts 32   # quick
 """
 
 
