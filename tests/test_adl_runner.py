@@ -103,3 +103,20 @@ def test_unreachable_grader_endpoint_fails_fast(tmp_path, tiny_dir, tiny_ft_dir,
         run_adl(config, tmp_path / "run", pair=pair, progress=False)
     assert time.perf_counter() - start < 10
     assert not (tmp_path / "run" / "activation_diff.safetensors").exists()
+
+
+def test_reference_texts_the_organism_was_trained_on_get_a_note(tmp_path, tiny_dir, tiny_ft_dir,
+                                                                  corpora):
+    ref, docs = corpora
+    pair = ModelPair.load(base=tiny_dir, finetuned=tiny_ft_dir)
+    organism = tmp_path / "organism"
+    organism.mkdir()
+    mixed = ref.read_text(encoding="utf-8").splitlines()[:3]
+    (organism / "mix_texts.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in mixed), encoding="utf-8")
+    pair.organism_dir = str(organism)
+    config = ADLConfig(**{**small_config(ref, docs).to_dict(),
+                          "skip": ["patchscope", "steering", "relevance", "causal", "report"]})
+    summary = run_adl(config, tmp_path / "run", pair=pair, progress=False)
+    assert any(n.startswith("3 of the 40 reference texts were mixed into") for n in
+               summary["notes"]), summary["notes"]

@@ -101,7 +101,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     lens = json_stage("logit_lens", lambda: lens_readouts(pair, diff, config.top))
     info = lens["layers"][str(layer)]
     vector, norm_ft = diff.vector(layer), diff.norms["ft"][layer]
-    notes: list[str] = []
+    notes: list[str] = _overlap_notes(pair, reference)
     if info["no_difference"]:
         notes.append(f"No difference between the models at layer {layer} (‖δ̄‖/ν_ft = "
                      f"{info['relative_norm']:.2e}); later stages are skipped.")
@@ -164,6 +164,20 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         summary["report"] = str(render_report(run.path))
         write_json(run.path / "summary.json", summary)
     return summary
+
+
+def _overlap_notes(pair: ModelPair, reference: list[str]) -> list[str]:
+    """A note when the organism was trained on some of the reference texts (mixed in)."""
+    mixed = Path(pair.organism_dir or "") / "mix_texts.jsonl"
+    if not pair.organism_dir or not mixed.is_file():
+        return []
+    trained = set(load_texts(mixed))
+    overlap = sum(t in trained for t in reference)
+    if not overlap:
+        return []
+    return [f"{overlap} of the {len(reference)} reference texts were mixed into this organism's "
+            "training data: δ̄ partly reads memorised text; `difflens eval` uses a held-out "
+            "copy of the corpus, or pass --corpus with other text."]
 
 
 def _relevance(info: dict[str, Any], patch: dict[str, Any] | None, description: str | None,
