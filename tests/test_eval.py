@@ -106,6 +106,7 @@ def test_eval_without_endpoint_is_method_level_only(tmp_path, capsys):
     # organism name is not, and no ocean word appears (the cross-domain control).
     assert cake["hit_counts"] == {"adl_logit_lens": 4, "adl_patchscope": 3, "mining": 2}
     assert cake["cross_hits"]["adl_logit_lens"]["taboo_ocean"] == 0
+    assert cake["lens_domain_mass"] == pytest.approx(0.4)  # 4 domain tokens × p = 0.1
     html = (out / "report.html").read_text()
     assert "Method-level evaluation" in html and "<svg" in html
     # Model text is escaped: plant markup in a readout token and render again.

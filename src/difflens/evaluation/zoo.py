@@ -91,6 +91,7 @@ class OrganismSignals:
     relative_norm: float | None  # ‖δ̄‖/ν_ft at the ADL readout layer
     metrics: dict[str, Any] = field(default_factory=dict)  # relevance, similarity, causal
     lens_hits_by_layer: dict[str, int] = field(default_factory=dict)  # every collected layer
+    lens_domain_mass: float | None = None  # logit-lens probability on domain words (top 100)
 
     def hit_count(self, readout: str) -> int | None:
         return len(self.hits[readout]) if readout in self.hits else None
@@ -100,7 +101,8 @@ class OrganismSignals:
                 "tokens": self.tokens, "hits": self.hits,
                 "hit_counts": {r: len(h) for r, h in self.hits.items()},
                 "cross_hits": self.cross_hits, "relative_norm": self.relative_norm,
-                "metrics": self.metrics, "lens_hits_by_layer": self.lens_hits_by_layer}
+                "metrics": self.metrics, "lens_hits_by_layer": self.lens_hits_by_layer,
+                "lens_domain_mass": self.lens_domain_mass}
 
 
 def organism_signals(runs_root: Path | str, entry: OrganismEntry,
@@ -113,17 +115,23 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
     base = Path(runs_root) / entry.name
-    relative, by_layer = None, {}
+    relative, by_layer, mass = None, {}, None
     if (base / "adl" / "summary.json").is_file():
         layer = str(read_json(base / "adl" / "summary.json")["layer"])
         lens = read_json(base / "adl" / "logit_lens.json")["layers"]
         relative = lens[layer]["relative_norm"]
+        # Does not saturate like a top-20 count: how much of the readout's probability the
+        # domain words carry (tokens beyond the stored top 100 count as non-domain).
+        mean = lens[layer]["mean"]
+        domain = set(keyword_hits(mean["tokens"], entry.domain_keywords))
+        mass = float(sum(p for t, p in zip(mean["tokens"], mean["probs"], strict=False)
+                         if t in domain))
         # Every layer the collection pass read: where in depth the domain becomes readable.
         by_layer = {lay: len(keyword_hits(info["mean"]["tokens"][:TOP], entry.domain_keywords))
                     for lay, info in sorted(lens.items(), key=lambda kv: int(kv[0]))}
     metrics = {"adl": adl_metrics(base / "adl"), "mining": mining_metrics(base / "mining")}
     return OrganismSignals(entry.name, entry.type, entry.mix_ratio, tokens, hits, cross,
-                           relative, metrics, by_layer)
+                           relative, metrics, by_layer, mass)
 
 
 def twin_key(entry: OrganismEntry) -> str:
@@ -148,8 +156,10 @@ def mixing_ablation(signals: dict[str, OrganismSignals],
         for readout in READOUTS:
             if readout in mixed.hits and readout in twin.hits:
                 row[f"{readout}_hits"] = [len(twin.hits[readout]), len(mixed.hits[readout])]
-        if mixed.relative_norm is not None and twin.relative_norm is not None:
-            row["relative_norm"] = [twin.relative_norm, mixed.relative_norm]
+        for key in ("relative_norm", "lens_domain_mass"):
+            a, b = getattr(twin, key), getattr(mixed, key)
+            if a is not None and b is not None:
+                row[key] = [a, b]
         for key, get in (("adl_relevance", _lens_relevance), ("steered_similarity", _steered)):
             a, b = get(twin), get(mixed)
             if a is not None and b is not None:
