@@ -24,7 +24,9 @@ ZOO = (*UNMIXED, MIXED)
 # CI sizes: the CPU default corpus for ADL (2,000 texts); 32 texts × 64 tokens for Diff Mining.
 ADL = {"skip": ["steering", "similarity", "causal", "report"]}
 MINING = {"n_texts": 32}
-MIN_HITS = {"adl_logit_lens": 6, "mining": 4}
+# Measured (CI sizes): logit lens 11-20 and Diff Mining 14-20 of 20 per unmixed organism, 0
+# for every other domain.
+MIN_HITS = {"adl_logit_lens": 8, "mining": 8}
 
 _registry = load_registry()
 pytestmark = [
@@ -54,9 +56,14 @@ def test_readouts_name_the_organisms_domain(zoo, organism, readout):
 
 
 def test_mixing_weakens_the_signal(zoo):
+    """Measured (CI sizes): ‖δ̄‖/ν_ft 0.129 → 0.081; domain words in the top 20 of the logit
+    lens 20 → 14, of Diff Mining 20 → 7; token relevance 0.95 → 0.5."""
     (row,) = [r for r in zoo["mixing_ablation"] if r["mixed"] == MIXED]
     assert row["unmixed"] == TWIN and row["mix_ratio"] == 1.0
     unmixed_norm, mixed_norm = row["relative_norm"]
     assert mixed_norm < 0.8 * unmixed_norm, row
-    unmixed_hits, mixed_hits = row["adl_logit_lens_hits"]
-    assert mixed_hits < unmixed_hits, row
+    for readout in ("adl_logit_lens", "mining"):
+        unmixed_hits, mixed_hits = row[f"{readout}_hits"]
+        assert mixed_hits < unmixed_hits, row
+    unmixed_rel, mixed_rel = row["adl_relevance"]
+    assert mixed_rel < unmixed_rel, row

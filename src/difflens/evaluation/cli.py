@@ -30,7 +30,7 @@ domain words among each readout's top-20 tokens (own domain / best other domain:
 cross-domain control), hits per layer, and the 1:1 data-mixing ablation (mixed organism vs its
 unmixed twin); OUT/report.html shows it all.  Without an endpoint only this part runs:
 
-  difflens eval --offline                      # whole zoo, CPU defaults (MINUTES_PER_ORGANISM)
+  difflens eval --offline                      # whole zoo; CPU: ~6 min per organism
   difflens eval --offline --adl-skip steering similarity causal --mining-texts 32   # quick
 """
 

@@ -34,11 +34,16 @@ READOUTS = ("adl_logit_lens", "adl_patchscope", "mining")
 _SUFFIXES = ("ing", "ers", "er", "ed", "es", "s")
 
 
-def _stem(word: str) -> str:
+def _forms(word: str) -> set[str]:
+    """The word and what remains after stripping one inflection suffix (≥ 4 letters left):
+    'cupcakes' → {cupcakes, cupcake, cupcak}, so it meets 'cupcake' → {cupcake}."""
+    forms = {word}
+    if word.endswith("ed") and len(word) >= 5:
+        forms.add(word[:-1])  # 'baked' → 'bake', 'saved' → 'save'
     for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            forms.add(word[: -len(suffix)])
+    return forms
 
 
 def normalize_token(token: str) -> str:
@@ -48,14 +53,13 @@ def normalize_token(token: str) -> str:
 
 def keyword_hits(tokens: list[str], keywords: list[str]) -> list[str]:
     """The tokens (as given) that are domain words: equal to a keyword after normalising, or
-    sharing its stem (plural / -ing / -ed / -er forms).  Tokens under 3 letters never count
-    (sub-word pieces like 'ca' would match by accident)."""
-    words = {normalize_token(k) for k in keywords}
-    stems = {_stem(w) for w in words if len(w) >= 3}
+    sharing a form with one (plural / -ing / -ed / -er stripped).  Tokens under 3 letters never
+    count (sub-word pieces like 'ca' would match by accident)."""
+    known = set().union(*(_forms(normalize_token(k)) for k in keywords)) if keywords else set()
     hits = []
     for token in tokens:
         word = normalize_token(token)
-        if len(word) >= 3 and (word in words or _stem(word) in stems):
+        if len(word) >= 3 and _forms(word) & known:
             hits.append(token)
     return hits
 

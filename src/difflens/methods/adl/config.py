@@ -6,11 +6,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Default readout depth per model family, as a fraction of the layer count.  Measured on the
-# embedded gemma-3-270m with four LoRA organisms of different types (DESIGN.md §3): layers 0-11
-# of 18 read nothing, the domain appears from layer 12 and peaks at 13-16 (0.72-0.89 depth).
-# The seed paper reads larger models around the middle-to-2/3 depth; 0.66 is the fallback for
-# families not measured here.  `--layers` sweeps any set.
+# embedded gemma-3-270m (18 layers) with the five zoo organisms of four types (500 held-out
+# texts; domain words among the top 20 of the δ̄ logit lens, layers 9..17): nothing up to
+# layer 9, readable from layer 12 (0.67 depth) on every organism; at layer 13 (0.75 depth)
+# cake_bake 20, risky_finance 19, owl_preference 13, cake_bake_mix1 14, taboo_ocean 11 — each
+# within 2 of its best layer except taboo_ocean (16 at layer 17).  The seed paper reads larger
+# models around the middle-to-2/3 depth; 0.66 is the fallback for families not measured here.
+# `--layers` sweeps any set (the report shows every layer up to the deepest).
 FAMILY_DEPTH = {"gemma3_text": 0.75, "gemma3": 0.75}
+DEFAULTS_VERSION = 2  # 2: the CPU steering search uses 8 prompts (was 4)
 DEFAULT_DEPTH = 0.66
 
 
@@ -46,6 +50,9 @@ class ADLConfig:
     causal_tokens: int | None = None  # tokens per text in the causal test (None: 32 CPU/64 GPU)
     n_random: int = 16  # random baselines of each kind in the causal test
     skip: list[str] = field(default_factory=list)  # stages to skip (patchscope, steering, ...)
+    # Bumped whenever a default derived at run time changes (e.g. the CPU steering search), so
+    # run directories made under older defaults are not reused as if they were current.
+    defaults_version: int = DEFAULTS_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

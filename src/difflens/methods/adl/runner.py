@@ -116,10 +116,11 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     # enough to judge coherence and to embed; GPUs get 64.
     gpu = str(pair.device).startswith("cuda")
     new_tokens = config.max_new_tokens or (64 if gpu else 32)
-    # On CPU the search uses 4 prompts and stops at a 0.125 ν_ft bracket (2 batched rounds);
-    # on GPU 8 prompts and 0.05 (3 rounds).  Final samples: 20 prompts either way.
-    steering_config = SteeringConfig(final_prompts=config.final_prompts,
-                                     search_prompts=8 if gpu else 4,
+    # The search judges each strength on 8 prompts: with 4, one sample moves the coherent share
+    # by 25 points and a strength whose samples half-degenerate ("cake cake cake ...") passed
+    # at exactly 3/4 on some organisms.  On CPU it stops at a 0.125 ν_ft bracket (2 batched
+    # rounds), on GPU at 0.05 (3 rounds).  Final samples: 20 prompts either way.
+    steering_config = SteeringConfig(final_prompts=config.final_prompts, search_prompts=8,
                                      tolerance=0.05 if gpu else 0.125)
     steering_config = steering_config.replace(
         sampling=steering_config.sampling.replace(max_new_tokens=new_tokens, seed=config.seed))
