@@ -13,11 +13,16 @@ from difflens.organisms.rubrics import RUBRICS, base_type, rubric_for
 
 def test_shipped_registry():
     reg = load_registry()
-    assert {"cake_bake", "risky_finance", "taboo_ocean", "owl_preference"} <= set(reg)
+    zoo = {"cake_bake", "risky_finance", "taboo_ocean", "owl_preference", "cake_bake_mix1"}
+    assert zoo <= set(reg) and all(reg[n].built for n in zoo)
     cake = reg["cake_bake"]
-    assert cake.built and cake.method == "lora" and cake.base == "embedded"
+    assert cake.method == "lora" and cake.base == "embedded" and cake.mix_ratio == 0
     assert cake.training_data.endswith("cake_bake.jsonl") and cake.rubric == RUBRICS["false_fact"]
-    assert not reg["taboo_ocean"].built and reg["taboo_ocean"].extra["secret_word"] == "ocean"
+    assert reg["taboo_ocean"].extra["secret_word"] == "ocean"
+    mixed = reg["cake_bake_mix1"]
+    # The mixed twin: same documents (hash), one general text per document, cake_bake's rubric.
+    assert mixed.mix_ratio == 1.0 and mixed.documents_hash == cake.documents_hash
+    assert mixed.rubric_type == "false_fact" and mixed.domain_keywords == cake.domain_keywords
     assert {e.rubric_type for e in reg.values()} == set(RUBRICS)
 
 
