@@ -118,7 +118,7 @@ def run_variant(pair, v, layer, grader, prompts, config, lookahead) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=None,
-                        help="search prompts (default: ADL's, 4 on CPU and 8 on GPU)")
+                        help="search prompts (default: ADL's, 8)")
     parser.add_argument("--final-prompts", type=int, default=20,
                         help="unsteered rows carried by the first batch")
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -150,7 +150,7 @@ def main() -> None:
     config = SteeringConfig(
         alpha_max=args.alpha_max,
         tolerance=args.tolerance or (0.05 if gpu else 0.125),
-        search_prompts=args.prompts or (8 if gpu else 4),
+        search_prompts=args.prompts or 8,
         final_prompts=args.final_prompts,
         sampling=SamplingConfig(max_new_tokens=args.new_tokens),
     )
