@@ -199,3 +199,14 @@ def test_card_validation(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(DifflensError, match="method"):
         OrganismCard.from_dict({**card.to_dict(), "method": "qlora"})
+
+
+def test_top_level_cli_reaches_the_builder(tmp_path, capsys):
+    """`difflens organism build` (the top-level CLI) runs the builder's handler."""
+    from difflens.cli import main as difflens_main
+
+    code = difflens_main(["organism", "build", "--documents", str(tmp_path / "missing.jsonl"),
+                          "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("difflens: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
