@@ -31,10 +31,14 @@ def tiny_ft_dir(tmp_path_factory, tokenizer) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-llama-ft"), "llama", 1, tokenizer)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP threads made them 15-50x slower: modules of tiny-model tests use this fixture."""
+    OpenMP threads made them 15-50x slower: modules of tiny-model tests use this fixture.
+
+    Module-scoped, so it is set up before the module's own module-scoped fixtures: results they
+    build (e.g. a reference activation cache) and results the tests build then come from the
+    same thread count, which byte-for-byte comparisons need."""
     import torch
 
     before = torch.get_num_threads()
