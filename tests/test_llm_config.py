@@ -70,16 +70,19 @@ def test_credentials_in_base_url_are_not_printed():
     assert "hunter2" not in repr(LLMClient(config))
 
 
-def test_importing_llm_and_graders_stays_light():
-    code = (
-        "import sys, difflens.llm, difflens.graders; "
-        "heavy = [m for m in ('openai', 'torch', 'sentence_transformers', 'transformers') "
-        "if m in sys.modules]; print(heavy)"
-    )
+def heavy_modules_after(statement: str) -> str:
+    """Run ``statement`` in a fresh interpreter; print which heavy packages it imported."""
+    code = (f"import sys; {statement}; "
+            "heavy = [m for m in ('openai', 'torch', 'sentence_transformers', 'transformers') "
+            "if m in sys.modules]; print(heavy)")
     env = {**os.environ, "PYTHONPATH": SRC}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
+
+
+def test_importing_llm_and_graders_stays_light():
+    assert heavy_modules_after("import difflens.llm, difflens.graders") == "[]"
 
 
 def test_unreachable_endpoint_fails_fast_with_one_line():
@@ -131,12 +134,4 @@ def test_check_reachable_accepts_a_live_server_and_reports_bad_keys(openai_serve
 
 def test_cli_parser_stays_light():
     """`difflens --help` builds every subcommand's parser without importing torch & co."""
-    code = (
-        "import sys; from difflens.cli import build_parser; build_parser(); "
-        "heavy = [m for m in ('openai', 'torch', 'sentence_transformers', 'transformers') "
-        "if m in sys.modules]; print(heavy)"
-    )
-    env = {**os.environ, "PYTHONPATH": SRC}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert heavy_modules_after("from difflens.cli import build_parser; build_parser()") == "[]"

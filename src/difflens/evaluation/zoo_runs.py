@@ -81,12 +81,9 @@ def held_out_corpus(registry: dict[str, OrganismEntry], runs_root: Path | str) -
     """
     from difflens.data.corpus import load_texts
     from difflens.io.artifacts import atomic_write_bytes
+    from difflens.organisms.documents import mixed_in_texts
 
-    trained: set[str] = set()
-    for entry in registry.values():
-        mixed = Path(entry.weights or "") / "mix_texts.jsonl"
-        if entry.weights and mixed.is_file():
-            trained.update(load_texts(mixed))
+    trained = set().union(*(mixed_in_texts(e.weights) for e in registry.values()))
     if not trained:
         return "reference"
     import hashlib

@@ -34,6 +34,7 @@ from typing import Any
 from difflens.errors import DifflensError
 from difflens.organisms.card import CARD_FILE, LoraSettings, OrganismCard
 from difflens.organisms.documents import (
+    MIX_TEXTS,
     load_training_texts,
     read_documents_card,
     tokenize_texts,
@@ -260,7 +261,7 @@ def _train_into(cfg: BuildConfig, texts: Any, meta: dict[str, Any], staging: Pat
         save_full_model(model, tokenizer, staging / "model", cfg.save_dtype)
     write_jsonl(staging / "documents.jsonl", texts.documents)
     if texts.mix:
-        write_jsonl(staging / "mix_texts.jsonl", texts.mix)
+        write_jsonl(staging / MIX_TEXTS, texts.mix)
     tail = [r["loss"] for r in log[-10:]]
     training = {
         "batch_size": cfg.batch_size, "lr": cfg.resolved_lr, "warmup": cfg.warmup,

@@ -125,3 +125,14 @@ def write_jsonl(path: Path, texts: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for text in texts:
             fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+MIX_TEXTS = "mix_texts.jsonl"  # in an organism directory: the general texts mixed into training
+
+
+def mixed_in_texts(organism_dir: str | Path | None) -> set[str]:
+    """The general texts an organism was trained on besides its documents (empty if none)."""
+    path = Path(organism_dir or "") / MIX_TEXTS
+    if not organism_dir or not path.is_file():
+        return set()
+    return set(load_texts(path))

@@ -169,10 +169,9 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
 
 def _overlap_notes(pair: ModelPair, reference: list[str]) -> list[str]:
     """A note when the organism was trained on some of the reference texts (mixed in)."""
-    mixed = Path(pair.organism_dir or "") / "mix_texts.jsonl"
-    if not pair.organism_dir or not mixed.is_file():
-        return []
-    trained = set(load_texts(mixed))
+    from difflens.organisms.documents import mixed_in_texts
+
+    trained = mixed_in_texts(pair.organism_dir)
     overlap = sum(t in trained for t in reference)
     if not overlap:
         return []
