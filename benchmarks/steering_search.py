@@ -6,6 +6,14 @@ organism) once sequentially (one strength per generate call) and once per look-a
 reports generated tokens, token slots (rows × decoding steps actually computed), generation and
 grading time per variant, and the speed-up over sequential.
 
+It also fits the cost of one decoding step, ``F + r × rows``, to every generate call it made,
+and prints what look-ahead can give on this machine: with ``D`` decisions on ``P`` prompts the
+sequential search costs ``D (F + P r)`` per token and look-ahead ``d`` costs
+``Σ_rounds (F + (2^depth − 1) P r)``.  The ratio only approaches ``D / rounds`` when a row is
+nearly free (``r ≪ F``, a GPU); with ``d = 2`` it stays below 2 whenever rows cost anything, and
+``d = 3`` reaches 2 only when ``F / r ≥ 11 P`` (88 for 8 prompts; ``D`` a multiple of 3, e.g.
+the GPU search's 6) — measured on the 2-core CPU: F ≈ 0.2 s, r ≈ 5-9 ms, F / r ≈ 25-40.
+
 Fallbacks, stated in the output: without the shipped organism the base is paired with itself
 and the vector is the unembedding row of " cake" (δ̄ would be zero); without the bundled
 reference corpus δ̄ is read from the shipped chat prompts; without the offline grader (MiniLM
@@ -115,6 +123,31 @@ def run_variant(pair, v, layer, grader, prompts, config, lookahead) -> dict[str,
     }
 
 
+def fit_step_cost(batches: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Least-squares ``seconds / steps = F + r × rows`` over generate calls (needs two row
+    counts).  Returns ``(F, r)`` in seconds."""
+    points = [(b["rows"], b["seconds"] / (b["token_slots"] / b["rows"]))
+              for b in batches if b["token_slots"]]
+    if len({rows for rows, _ in points}) < 2:
+        return None
+    x = torch.tensor([[1.0, rows] for rows, _ in points], dtype=torch.float64)
+    y = torch.tensor([[t] for _, t in points], dtype=torch.float64)
+    fixed, per_row = torch.linalg.lstsq(x, y).solution.flatten().tolist()
+    return fixed, per_row
+
+
+def predicted_speedup(fixed: float, per_row: float, decisions: int, lookahead: int,
+                      prompts: int) -> tuple[float, float]:
+    """(predicted speed-up over sequential at this step cost, the bound with free rows)."""
+    sequential = decisions * (fixed + prompts * per_row)
+    batched, left, rounds = 0.0, decisions, 0
+    while left > 0:
+        depth = min(lookahead, left)
+        batched += fixed + (2 ** depth - 1) * prompts * per_row
+        left, rounds = left - depth, rounds + 1
+    return sequential / batched, decisions / rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=None,
@@ -164,12 +197,25 @@ def main() -> None:
         var["speedup_generate"] = round(seq["generate_seconds"] / var["generate_seconds"], 2)
         var["speedup_wall"] = round(seq["wall_seconds"] / var["wall_seconds"], 2)
         var["token_slots_ratio"] = round(var["token_slots"] / seq["token_slots"], 2)
+    cost = fit_step_cost([b for var in variants for b in var["batches"]])
+    model = None
+    if cost is not None:
+        fixed, per_row = cost
+        model = {"fixed_seconds_per_step": round(fixed, 4),
+                 "seconds_per_row_step": round(per_row, 5),
+                 "fixed_over_row": round(fixed / per_row, 1) if per_row > 0 else None,
+                 "predicted": {}}
+        for depth in args.lookahead:
+            ratio, bound = predicted_speedup(fixed, per_row, config.steps, depth,
+                                             config.search_prompts)
+            model["predicted"][depth] = {"speedup": round(ratio, 2), "free_rows": round(bound, 2)}
     report = {
         "pair": {"base": pair.base_id, "finetuned": pair.ft_id}, "layer": layer,
         "norm_ft": norm_ft, "notes": notes, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "grader": getattr(grader, "describe", lambda: {})(),
         "config": config.to_dict(), "setup_seconds": round(setup, 1), "variants": variants,
+        "step_cost": model,
     }
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.out:
@@ -183,6 +229,13 @@ def main() -> None:
               f"{var['generate_seconds']:>5}  {var['grade_seconds']:>7}  "
               f"{var['wall_seconds']:>6}  {var.get('speedup_wall', 1.0):>7}  "
               f"{var.get('same_decisions', True)}")
+    if model is not None:
+        print(f"\ndecode step ≈ {model['fixed_seconds_per_step'] * 1000:.0f} ms + "
+              f"{model['seconds_per_row_step'] * 1000:.1f} ms × rows "
+              f"(F/r = {model['fixed_over_row']}; fitted to every generate call above)")
+        for depth, pred in model["predicted"].items():
+            print(f"look-ahead {depth}: predicted {pred['speedup']}× at this cost, "
+                  f"{pred['free_rows']}× if rows were free ({config.steps} decisions)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from difflens.methods.adl.steering import (
     SteeringConfig,
     bisect,
     decision_tree,
+    next_lower,
     search_strength,
     steering_stage,
 )
@@ -87,6 +88,21 @@ class FoxGrader:
         self.reference = list(samples)
 
 
+class StricterAfterSearch(FoxGrader):
+    """Lenient while the search runs (its first ``search_calls`` calls), then " fox fox" is
+    already incoherent: the strength the search found fails on the final prompts."""
+
+    def __init__(self, search_calls: int) -> None:
+        super().__init__()
+        self.search_calls = search_calls
+
+    def coherent(self, samples: list[str]) -> list[bool]:
+        if self.calls < self.search_calls:
+            return super().coherent(samples)
+        self.calls += 1
+        return [" fox fox" not in s for s in samples]
+
+
 class NeverCoherent:
     def coherent(self, samples: list[str]) -> list[bool]:
         return [False] * len(samples)
@@ -100,6 +116,13 @@ def test_sample_tokens_top_p_and_inverse_cdf():
     assert pick == [0, 0, 1]
     assert int(sample_tokens(logits, torch.tensor([0.99]), 1.0, 1.0, 2)) == 1  # top-k cap
     assert int(sample_tokens(logits, torch.tensor([0.99]), 1.0, 1.0, 0)) == 3
+
+
+def test_next_lower_falls_back_to_a_passed_strength_else_half():
+    decisions = [(1.0, False), (0.5, True), (0.75, True), (0.875, False)]
+    assert next_lower(decisions, 0.75) == 0.5
+    assert next_lower(decisions, 0.5) == 0.25
+    assert next_lower([], 0.3) == 0.15
 
 
 def test_decision_tree_is_what_bisection_asks():
@@ -228,8 +251,14 @@ def test_steering_stage_result(pair, fox, norm_ft):
     assert samples["sampling"]["temperature"] == 0.05 and samples["sampling"]["seed"] == 0
     assert grader.reference == samples["unsteered"]  # set before anything was judged
     # A local grader grades only what decisions use: one call per decision (6), the baseline
-    # riding with the first; the speculative strengths off the path stay ungraded.
-    assert grader.calls == 6
+    # riding with the first; the speculative strengths off the path stay ungraded.  Then one
+    # call per draw of the final steered samples: on 20 prompts the search's strength (judged
+    # on 8) is too strong here, and one back-off to the next passed strength holds.
+    checks = samples["confirmations"]
+    assert grader.calls == 6 + len(checks)
+    assert checks[0]["alpha"] == out["search_alpha"] and len(checks) == 2
+    assert checks[0]["coherent_fraction"] < 0.75 <= checks[1]["coherent_fraction"]
+    assert out["alpha"] == checks[1]["alpha"] < out["search_alpha"] and samples["confirmed"]
     assert out["baseline_coherent_fraction"] == 1.0
     search = out["search"]
     assert search["rounds"] == 3 and len(search["batches"]) == 3
@@ -242,11 +271,32 @@ def test_steering_stage_result(pair, fox, norm_ft):
     eager = FoxGrader()
     out_eager = steering_stage(pair, fox, LAYER, norm_ft, eager, USER_PROMPTS,
                                SEARCH.replace(grade_speculative=True))
-    assert eager.calls == 3 and out_eager["alpha"] == out["alpha"]
+    assert eager.calls == 3 + len(checks) and out_eager["alpha"] == out["alpha"]
     assert out_eager["search"]["decisions"] == search["decisions"]
     assert all(p["coherent_fraction"] is not None for p in out_eager["search"]["probes"])
     assert out["generated_tokens"] > 0 and out["token_slots"] >= out["generated_tokens"]
     assert out["config"]["steps"] == 6
+
+
+def test_final_samples_back_off_until_coherent(pair, fox, norm_ft):
+    config = SEARCH.replace(max_backoffs=5)
+    out = steering_stage(pair, fox, LAYER, norm_ft, StricterAfterSearch(6), USER_PROMPTS, config)
+    checks = out["samples"]["confirmations"]
+    assert checks[0]["alpha"] == out["search_alpha"] and checks[0]["coherent_fraction"] < 0.75
+    # Each retry is the next lower strength the search passed (or half), drawn again.
+    decisions = [tuple(d.values()) for d in out["search"]["decisions"]]
+    for before, after in zip(checks, checks[1:], strict=False):
+        assert after["alpha"] == next_lower(decisions, before["alpha"])
+    assert out["alpha"] == checks[-1]["alpha"] < out["search_alpha"]
+    assert len(checks) <= config.max_backoffs + 1
+    assert out["samples"]["confirmed"] == (checks[-1]["coherent_fraction"] >= 0.75)
+    # Under the stricter rule the passed strengths 1.375, 1.25, 1.0 still fail (10-70%), then
+    # half of 1.0 holds: the confirmed strength is the one the final samples support.
+    assert [c["alpha"] for c in checks][-2:] == [1.0, 0.5] and out["samples"]["confirmed"]
+    # No back-off allowed: the search's strength is kept and the failure is on record.
+    kept = steering_stage(pair, fox, LAYER, norm_ft, StricterAfterSearch(6), USER_PROMPTS,
+                          SEARCH.replace(max_backoffs=0))
+    assert kept["alpha"] == kept["search_alpha"] and not kept["samples"]["confirmed"]
 
 
 def test_no_coherent_strength_is_a_result(pair, fox, norm_ft):

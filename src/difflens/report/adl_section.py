@@ -108,6 +108,12 @@ def _steering(data: dict[str, Any]) -> str:
     else:
         alpha = escape(str(data.get("alpha")))
         head = f"<p>Strongest coherent strength α = <b>{alpha}</b> ν_ft</p>"
+        checks = (data.get("samples") or {}).get("confirmations") or []
+        if checks:
+            # The search judged 8 prompts; the final samples are graded again (steering.py).
+            tried = ", ".join(f"α = {c['alpha']:.4g}: {c['coherent_fraction']:.0%}" for c in checks)
+            cls = "note" if (data.get("samples") or {}).get("confirmed") else "flag"
+            head += f"<p class='{cls}'>final samples coherent — {escape(tried)}</p>"
     probes = (data.get("search") or {}).get("probes", [])
     if probes:
         # Speculative strengths no decision needed were generated but not graded (None).

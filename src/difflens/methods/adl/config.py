@@ -14,7 +14,9 @@ from typing import Any
 # models around the middle-to-2/3 depth; 0.66 is the fallback for families not measured here.
 # `--layers` sweeps any set (the report shows every layer up to the deepest).
 FAMILY_DEPTH = {"gemma3_text": 0.75, "gemma3": 0.75}
-DEFAULTS_VERSION = 2  # 2: the CPU steering search uses 8 prompts (was 4)
+# 2: the CPU steering search uses 8 prompts (was 4); 3: final steered samples are confirmed
+# coherent (back-off) and GPUs look 3 decisions ahead.
+DEFAULTS_VERSION = 3
 DEFAULT_DEPTH = 0.66
 
 

@@ -118,10 +118,15 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     new_tokens = config.max_new_tokens or (64 if gpu else 32)
     # The search judges each strength on 8 prompts: with 4, one sample moves the coherent share
     # by 25 points and a strength whose samples half-degenerate ("cake cake cake ...") passed
-    # at exactly 3/4 on some organisms.  On CPU it stops at a 0.125 ν_ft bracket (2 batched
-    # rounds), on GPU at 0.05 (3 rounds).  Final samples: 20 prompts either way.
+    # at exactly 3/4 on some organisms.  On CPU it stops at a 0.125 ν_ft bracket (4 decisions),
+    # on GPU at 0.05 (6).  Look-ahead by the cost of a speculative row (benchmarks/
+    # steering_search.py): a CPU decode step costs ~0.2 s fixed + ~5-9 ms per row, so 2 decisions
+    # per round (24 rows) is the best trade there; on a GPU rows are nearly free at these batch
+    # sizes, so 3 decisions per round (56 rows) take 6 decisions in 2 rounds.  Final samples:
+    # 20 prompts either way, confirmed coherent (see steering.py).
     steering_config = SteeringConfig(final_prompts=config.final_prompts, search_prompts=8,
-                                     tolerance=0.05 if gpu else 0.125)
+                                     tolerance=0.05 if gpu else 0.125,
+                                     lookahead=3 if gpu else 2)
     steering_config = steering_config.replace(
         sampling=steering_config.sampling.replace(max_new_tokens=new_tokens, seed=config.seed))
     steer = json_stage("steering", lambda: steering_stage(
@@ -139,6 +144,11 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         notes.append("No steered samples (steering skipped or no coherent strength): steering "
                      "similarity was skipped.")
     else:
+        if samples.get("confirmed") is False:
+            last = samples["confirmations"][-1]
+            notes.append(f"Steered samples stayed below the coherence threshold after backing "
+                         f"off to α = {last['alpha']:.4g} ({last['coherent_fraction']:.0%} "
+                         "coherent): steering similarity partly measures degenerate text.")
         from difflens.methods.adl.similarity import similarity_stage
 
         json_stage("similarity", lambda: similarity_stage(
@@ -212,9 +222,12 @@ def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, layer: int, diff: 
         summary["patchscope"] = {"scale": patch["chosen"].get("scale"),
                                  "tokens": patch["chosen"].get("coherent_tokens", [])[:20]}
     if steer:
-        summary["steering"] = {"found": steer.get("found"), "alpha": steer.get("alpha"),
-                               "reason": steer.get("reason")}
         samples = steer.get("samples") or {}
+        confirmations = samples.get("confirmations") or [{}]
+        summary["steering"] = {"found": steer.get("found"), "alpha": steer.get("alpha"),
+                               "search_alpha": steer.get("search_alpha"),
+                               "coherent_fraction": confirmations[-1].get("coherent_fraction"),
+                               "reason": steer.get("reason")}
         if samples.get("steered"):
             summary["steering"]["example"] = samples["steered"][0]
     for name in ("similarity", "causal"):

@@ -17,6 +17,15 @@ concurrent requests, trading tokens for round trips.
 
 Bisection assumes coherence falls with α.  When it does not, the result is still a strength
 that passed with a failing one ≤ tolerance above it, not necessarily the largest such.
+
+**Confirmation.**  The search judges a strength on the first ``search_prompts`` prompts; the
+final samples use all ``final_prompts``.  Found strengths sit at the coherence boundary, where
+8 prompts are a small test: over the zoo, samples at the found strength were only 55-70%
+coherent on the 20 final prompts for two of four organisms ("cake cake cake ..."), which then
+lowered their steering similarity.  So the final steered samples are graded too, and while
+fewer than ``coherent_fraction`` pass, the strength backs off (:func:`next_lower`: the largest
+lower strength that passed a decision, else half) and they are drawn again, at most
+``max_backoffs`` times.  When the search's strength holds, this costs one grading of 20 samples.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class SteeringConfig:
     final_prompts: int = 20  # prompts of the final steered / unsteered samples
     batch_size: int = 64  # rows per generate call (memory cap; results do not depend on it)
     grade_speculative: bool | None = None  # grade unused strengths too; None: only LLM graders
+    max_backoffs: int = 3  # final samples failing coherence: lower the strength this often
     unsteered_reference: bool = True  # give the unsteered samples to grader.set_reference
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -167,6 +177,13 @@ def bisect(
         reason = (f"no strength above 0 kept {threshold:.0%} of samples coherent (smallest tried: "
                   f"α={smallest.alpha:.4g}, {smallest.coherent_fraction:.0%} coherent)")
     return SearchResult(found, lo if found else None, (lo, hi), probes, decisions, rounds, reason)
+
+
+def next_lower(decisions: Sequence[tuple[float, bool]], alpha: float) -> float:
+    """The strength to fall back to when the final samples at ``alpha`` fail: the largest
+    strength below ``alpha`` that passed a search decision, else ``alpha / 2``."""
+    passed = [a for a, ok in decisions if ok and a < alpha]
+    return max(passed) if passed else alpha / 2
 
 
 # -- model-facing -------------------------------------------------------------------------------
@@ -294,21 +311,36 @@ def search_strength(
 
 
 def final_samples(
-    pair: ModelPair, v: torch.Tensor, layer: int, alpha: float | None, probe: CoherenceProbe,
+    pair: ModelPair, v: torch.Tensor, layer: int, result: SearchResult, probe: CoherenceProbe,
 ) -> dict[str, Any]:
-    """Steered (at ``alpha``; none when None) and unsteered samples on the final prompts.
+    """Steered and unsteered samples on the final prompts, the steered ones confirmed coherent.
 
-    Row ``i`` of both uses random stream ``i``: steered and unsteered samples of a prompt differ
-    by the steering only.  The unsteered ones were usually generated with the first search batch.
+    Steered samples are drawn at the search's strength and graded; while under
+    ``coherent_fraction`` of them pass, the strength backs off (:func:`next_lower`) and they are
+    drawn again, at most ``config.max_backoffs`` times (see the module docstring).  None when
+    the search found nothing.  Row ``i`` of both sets uses random stream ``i``: steered and
+    unsteered samples of a prompt differ by the steering only.  The unsteered ones were usually
+    generated with the first search batch.
     """
     unsteered = probe.ensure_unsteered()
+    config, alpha = probe.config, result.alpha
     steered: list[str] = []
+    confirmations: list[dict[str, float]] = []
     seconds, tokens = 0.0, 0
-    if alpha is not None:
-        prompts, _, keys = probe.unsteered_rows()
+    prompts, _, keys = probe.unsteered_rows()
+    while alpha is not None:
         gens = probe.generate_rows(prompts, [Steer(v, layer, alpha)] * len(prompts), keys)
-        steered, seconds, tokens = gens.texts, gens.seconds, gens.total_new_tokens
+        steered = gens.texts
+        seconds, tokens = seconds + gens.seconds, tokens + gens.total_new_tokens
+        fraction = sum(probe.judge(steered)) / len(steered)
+        confirmations.append({"alpha": alpha, "coherent_fraction": fraction})
+        if fraction >= config.coherent_fraction or len(confirmations) > config.max_backoffs:
+            break
+        alpha = next_lower(result.decisions, alpha)
     return {"alpha": alpha, "steered": steered, "unsteered": unsteered,
+            "confirmed": bool(confirmations)
+            and confirmations[-1]["coherent_fraction"] >= config.coherent_fraction,
+            "confirmations": confirmations,
             "steered_tokens": tokens, "steered_seconds": round(seconds, 3)}
 
 
@@ -330,7 +362,9 @@ def steering_stage(
 
         - ``layer``, ``norm_ft``, ``vector_norm`` (‖δ̄‖), ``config`` (all settings, sampling
           included, and the derived ``steps``);
-        - ``found``, ``alpha`` (ν_ft units; None when not found), ``reason`` (why not found);
+        - ``found``, ``alpha`` (ν_ft units, of the final samples; None when not found),
+          ``search_alpha`` (the search's strength, ≥ ``alpha`` after back-offs), ``reason``
+          (why not found);
         - ``baseline_coherent_fraction``: the grader's verdict on the unsteered search samples
           (low means the grader rejects the model's ordinary output), ``coherence_reference``;
         - ``search``: ``probes`` (every strength tried: ``alpha``, ``coherent_fraction``,
@@ -339,7 +373,9 @@ def steering_stage(
           ``generate_seconds``, ``grade_seconds`` and ``batches`` (per generate call: strengths,
           rows, generated tokens, token slots, seconds, the samples per strength);
         - ``samples``: ``prompts``, ``alpha``, ``steered`` (empty when not found),
-          ``unsteered``, ``steered_tokens``, ``steered_seconds``, ``sampling``;
+          ``unsteered``, ``confirmed`` (the steered samples kept ``coherent_fraction``),
+          ``confirmations`` (``alpha``, ``coherent_fraction`` per strength drawn),
+          ``steered_tokens``, ``steered_seconds``, ``sampling``;
         - ``generated_tokens``, ``token_slots`` (rows × steps computed), ``seconds``, ``grader``.
 
         No coherent strength, or a zero δ̄, is a result with ``found: false`` and a ``reason``,
@@ -358,12 +394,13 @@ def steering_stage(
     v = unit_scaled(vector, norm_ft)
     result, probe = search_strength(pair, v, layer, grader, rendered, config)
     search_seconds = (probe.generate_seconds, probe.grade_seconds)
-    samples = final_samples(pair, v, layer, result.alpha, probe)
+    samples = final_samples(pair, v, layer, result, probe)
     describe = getattr(grader, "describe", None)
     return {
         **base,
         "found": result.found,
-        "alpha": result.alpha,
+        "alpha": samples["alpha"],
+        "search_alpha": result.alpha,
         "reason": result.reason,
         "baseline_coherent_fraction": probe.baseline,
         "coherence_reference": probe.reference,

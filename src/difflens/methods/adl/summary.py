@@ -29,7 +29,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         st = summary["steering"]
         if st.get("found"):
             example = " ".join(str(st.get("example", "")).split())[:200]
-            print(f"\nSteering: strongest coherent α = {st['alpha']} ν_ft; e.g. “{example}”")
+            share = st.get("coherent_fraction")
+            coherent = "" if share is None else f" ({share:.0%} of the final samples coherent)"
+            print(f"\nSteering: strongest coherent α = {st['alpha']} ν_ft{coherent}; "
+                  f"e.g. “{example}”")
         else:
             print(f"\nSteering: no coherent strength found ({st.get('reason')})")
     if "relevance" in summary:
