@@ -7,6 +7,7 @@ coherence boundary is a property of the model that the search has to find.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -285,7 +286,7 @@ def test_final_samples_back_off_until_coherent(pair, fox, norm_ft):
     assert checks[0]["alpha"] == out["search_alpha"] and checks[0]["coherent_fraction"] < 0.75
     # Each retry is the next lower strength the search passed (or half), drawn again.
     decisions = [tuple(d.values()) for d in out["search"]["decisions"]]
-    for before, after in zip(checks, checks[1:], strict=False):
+    for before, after in itertools.pairwise(checks):
         assert after["alpha"] == next_lower(decisions, before["alpha"])
     assert out["alpha"] == checks[-1]["alpha"] < out["search_alpha"]
     assert len(checks) <= config.max_backoffs + 1

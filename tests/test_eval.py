@@ -119,6 +119,31 @@ def test_eval_without_endpoint_is_method_level_only(tmp_path, capsys):
     assert "<script>" not in html and "&lt;script&gt;" in html
 
 
+def test_eval_reuses_method_runs_only_with_the_same_settings(tmp_path, capsys):
+    from difflens.evaluation.zoo_runs import ZooRunConfig, run_organism_methods
+    from difflens.io.artifacts import RunDir
+    from difflens.methods.adl.config import ADLConfig
+    from difflens.organisms.registry import load_registry
+
+    entry = load_registry()["cake_bake"]
+    runs = tmp_path / "runs"
+    sources = {"base": entry.base, "finetuned": entry.weights, "device": "cpu",
+               "dtype": "float32"}
+    config = ZooRunConfig(str(runs), adl={"n_texts": 10}, mining=None)
+    # A finished run made with exactly these settings is read back (no model is loaded).
+    write_adl_run(runs / "cake_bake" / "adl")
+    RunDir(runs / "cake_bake" / "adl", ADLConfig(**sources, n_texts=10).to_dict(), kind="adl")
+    summary = run_organism_methods(entry, config, progress=False)
+    assert summary["adl"]["layer"] == 2
+    # The same directory under other settings (here: another corpus size; likewise older
+    # defaults) is not read as if it were current: one line, through the CLI too.
+    argv = ["eval", "--organisms", "cake_bake", "--runs-root", str(runs), "--n-texts", "20",
+            "--no-mining", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a different adl" in err and err.count("\n") == 1
+
+
 def test_eval_unknown_organism_is_one_line(capsys):
     assert main(["eval", "--organisms", "no_such_organism", "--no-method-runs"]) == 2
     err = capsys.readouterr().err

@@ -103,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
                **({"n_texts": args.n_texts} if args.n_texts else {})}
         mining = ({"n_texts": args.mining_texts} if args.mining_texts else {}) if args.mining \
             else None
-        todo = [n for n in names
-                if not (Path(runs_root) / n / "adl" / "summary.json").is_file()]
-        for note in run_zoo(registry, todo, ZooRunConfig(runs_root, adl, mining,
-                                                         llm_fields(args))):
+        # Finished runs with the same settings are read back; stale ones stop with one line.
+        for note in run_zoo(registry, names, ZooRunConfig(runs_root, adl, mining,
+                                                          llm_fields(args))):
             print(f"note: {note}")
     zoo = evaluate_zoo(registry, names, runs_root, args.out)
     print(zoo["table"])

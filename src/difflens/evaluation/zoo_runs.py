@@ -2,7 +2,9 @@
 
 ``<runs_root>/<organism>/adl`` and ``.../mining`` are ordinary run directories: the same
 arguments reuse them, so an interrupted evaluation resumes where it stopped, and they are what
-the agents of ``difflens eval`` read.
+the agents of ``difflens eval`` read.  A finished run is reused only when it was made with the
+same configuration (defaults included); a run made with other settings stops the evaluation
+with the run directory's one-line error rather than being read as if it were current.
 """
 
 from __future__ import annotations
@@ -29,33 +31,55 @@ class ZooRunConfig:
 
 def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
                          progress: bool = True) -> dict[str, Any]:
-    """ADL (and Diff Mining) of ``entry`` against its base; returns both summaries."""
+    """ADL (and Diff Mining) of ``entry`` against its base; returns both summaries.
+
+    Runs finished with exactly these configurations are read back without loading the models.
+    """
+    from difflens.io.artifacts import read_json
     from difflens.methods.adl.config import ADLConfig
-    from difflens.methods.adl.runner import run_adl
-    from difflens.models.pair import ModelPair
 
     if not entry.built:
         raise ValueError(f"{entry.name} is not built")
-    from difflens.models.loading import LoadOptions
-
     out = Path(config.runs_root) / entry.name
     # Device and dtype are run settings of both methods (part of their configs).
     device, dtype = config.adl.get("device", "cpu"), config.adl.get("dtype", "float32")
-    pair = ModelPair.load(entry.base, entry.weights, LoadOptions(dtype=dtype, device=device))
     sources = {"base": entry.base, "finetuned": entry.weights, "device": device, "dtype": dtype}
-    log.info("ADL on %s", entry.name)
-    summaries = {"adl": run_adl(ADLConfig(**{**sources, **config.adl, **config.llm}),
-                                out / "adl", pair=pair, progress=progress)}
+    configs: dict[str, Any] = {"adl": ADLConfig(**{**sources, **config.adl, **config.llm})}
     if config.mining is not None:
+        from difflens.methods.mining.runner import MiningConfig
+
+        configs["mining"] = MiningConfig(**{**sources, **config.mining})
+    if all([_finished(out / name, cfg, name) for name, cfg in configs.items()]):  # check all
+        return {name: read_json(out / name / "summary.json") for name in configs}
+
+    from difflens.methods.adl.runner import run_adl
+    from difflens.models.loading import LoadOptions
+    from difflens.models.pair import ModelPair
+
+    pair = ModelPair.load(entry.base, entry.weights, LoadOptions(dtype=dtype, device=device))
+    log.info("ADL on %s", entry.name)
+    summaries = {"adl": run_adl(configs["adl"], out / "adl", pair=pair, progress=progress)}
+    if "mining" in configs:
         from difflens.graders import make_grader
-        from difflens.methods.mining.runner import MiningConfig, run_mining
+        from difflens.methods.mining.runner import run_mining
 
         grader = make_grader(_llm_config(config.llm))
         log.info("Diff Mining on %s", entry.name)
-        summaries["mining"] = run_mining(MiningConfig(**{**sources, **config.mining}),
-                                         out / "mining", pair=pair, progress=progress,
-                                         grader=grader, description=entry.long_description)
+        summaries["mining"] = run_mining(configs["mining"], out / "mining", pair=pair,
+                                         progress=progress, grader=grader,
+                                         description=entry.long_description)
     return summaries
+
+
+def _finished(run_dir: Path, config: Any, kind: str) -> bool:
+    """``run_dir`` holds a finished run (a summary) made with exactly ``config``, or assembled
+    by hand (a summary without ``run.json``, read as it is).  A run made with other settings
+    raises its one-line error before any model is loaded."""
+    from difflens.io.artifacts import same_run
+
+    same = same_run(run_dir, config.to_dict(), kind)
+    by_hand = not (run_dir / "run.json").exists()
+    return (run_dir / "summary.json").is_file() and (same or by_hand)
 
 
 def _llm_config(llm: dict[str, Any]) -> Any:

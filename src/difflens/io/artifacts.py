@@ -92,6 +92,21 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def same_run(path: Path | str, config: dict[str, Any], kind: str) -> bool:
+    """True when ``path`` holds a run of ``kind`` made with ``config``, False when it holds no
+    run; a run made with other arguments raises a one-line :class:`DifflensError`."""
+    meta_path = Path(path) / "run.json"
+    if not meta_path.exists():
+        return False
+    old = read_json(meta_path)
+    if old.get("config_hash") != config_hash(config) or old.get("kind") != kind:
+        raise DifflensError(
+            f"{path} holds a different {old.get('kind', 'run')} (other arguments); "
+            "choose another --out directory or delete it"
+        )
+    return True
+
+
 class RunDir:
     """A directory of one run's artifacts with resumable stages.
 
@@ -102,18 +117,10 @@ class RunDir:
     def __init__(self, path: Path | str, config: dict[str, Any], kind: str) -> None:
         self.path = writable_dir(Path(path), what="run directory")
         self.kind = kind
-        meta_path = self.path / "run.json"
-        meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config,
-                "config_hash": config_hash(config)}
-        if meta_path.exists():
-            old = read_json(meta_path)
-            if old.get("config_hash") != meta["config_hash"] or old.get("kind") != kind:
-                raise DifflensError(
-                    f"{self.path} holds a different {old.get('kind', 'run')} (other arguments); "
-                    "choose another --out directory or delete it"
-                )
-        else:
-            write_json(meta_path, meta)
+        if not same_run(self.path, config, kind):
+            write_json(self.path / "run.json", {"kind": kind, "format_version": FORMAT_VERSION,
+                                                "config": config,
+                                                "config_hash": config_hash(config)})
         self.config = config
 
     @property
