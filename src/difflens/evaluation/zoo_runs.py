@@ -49,7 +49,8 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
         from difflens.methods.mining.runner import MiningConfig
 
         configs["mining"] = MiningConfig(**{**sources, **config.mining})
-    if all([_finished(out / name, cfg, name) for name, cfg in configs.items()]):  # check all
+    # A list, not a generator: every run directory is checked, so a stale one raises now.
+    if all([_finished(out / name, cfg, name) for name, cfg in configs.items()]):
         return {name: read_json(out / name / "summary.json") for name in configs}
 
     from difflens.methods.adl.runner import run_adl

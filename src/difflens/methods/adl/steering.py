@@ -317,10 +317,10 @@ def final_samples(
 
     Steered samples are drawn at the search's strength and graded; while under
     ``coherent_fraction`` of them pass, the strength backs off (:func:`next_lower`) and they are
-    drawn again, at most ``config.max_backoffs`` times (see the module docstring).  None when
-    the search found nothing.  Row ``i`` of both sets uses random stream ``i``: steered and
-    unsteered samples of a prompt differ by the steering only.  The unsteered ones were usually
-    generated with the first search batch.
+    drawn again, at most ``config.max_backoffs`` times (see the module docstring).  No steered
+    samples when the search found nothing.  Row ``i`` of both sets uses random stream ``i``:
+    steered and unsteered samples of a prompt differ by the steering only.  The unsteered ones
+    were usually generated with the first search batch.
     """
     unsteered = probe.ensure_unsteered()
     config, alpha = probe.config, result.alpha
