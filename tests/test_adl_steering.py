@@ -19,7 +19,9 @@ from difflens.methods.adl.generation import (
     SamplingConfig,
     Steer,
     base_perplexity,
+    exp_sum,
     generate,
+    left_padded,
     sample_tokens,
 )
 from difflens.methods.adl.steering import (
@@ -32,7 +34,7 @@ from difflens.methods.adl.steering import (
 )
 from difflens.models.hooks import capture
 from difflens.models.pair import ModelPair
-from tiny import tiny_model
+from tiny import FAMILIES, tiny_model
 
 USER_PROMPTS = [
     "Hello there", "Tell me a story.", "Why is the sky blue?", "Give me a recipe.",
@@ -184,6 +186,29 @@ def test_per_row_vectors_match_each_strength_alone(pair, fox, norm_ft, rendered)
     assert plain.texts == together.texts[:3]
     assert together.texts[-1].startswith(" fox fox fox")
     assert together.token_slots == 12 * together.steps
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_is_the_models_own(family, tokenizer):
+    """Our generate (contiguous head input, in-place sampler, no min-length processor) gives
+    exactly what the model's plain greedy generate gives, on every tiny family."""
+    model = tiny_model(family, seed=1)
+    pair = ModelPair.from_models(model, model, tokenizer)
+    prompts = ["The quick brown fox", "A river runs through the old"]
+    ours = generate(pair, prompts, SamplingConfig(max_new_tokens=8, do_sample=False))
+    ids, mask = left_padded(tokenizer, prompts)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)
+    want = [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, ids.shape[1]:]]
+    assert ours.texts == want and all(ours.new_tokens)
+
+
+def test_exp_sum_walks_the_vocabulary_exactly():
+    logits = torch.randn(3, 40_000) * 4
+    top = logits.max(-1, keepdim=True).values
+    want = ((logits - top) / 0.7).exp().sum(-1, keepdim=True)
+    assert torch.allclose(exp_sum(logits, top, 1 / 0.7), want, rtol=1e-5)
 
 
 def test_sampling_is_seeded_per_row(pair, rendered):
