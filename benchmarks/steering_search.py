@@ -12,7 +12,7 @@ sequential search costs ``D (F + P r)`` per token and look-ahead ``d`` costs
 ``Σ_rounds (F + (2^depth − 1) P r)``.  The ratio only approaches ``D / rounds`` when a row is
 nearly free (``r ≪ F``, a GPU); with ``d = 2`` it stays below 2 whenever rows cost anything, and
 ``d = 3`` reaches 2 only when ``F / r ≥ 11 P`` (88 for 8 prompts; ``D`` a multiple of 3, e.g.
-the GPU search's 6) — measured on the 2-core CPU: F ≈ 0.2 s, r ≈ 5-9 ms, F / r ≈ 25-40.
+the GPU search's 6) — measured on the 2-core CPU: F ≈ 0.16-0.17 s, r ≈ 10-14 ms, F / r ≈ 11-17.
 
 Fallbacks, stated in the output: without the shipped organism the base is paired with itself
 and the vector is the unembedding row of " cake" (δ̄ would be zero); without the bundled

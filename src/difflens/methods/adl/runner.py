@@ -120,7 +120,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     # by 25 points and a strength whose samples half-degenerate ("cake cake cake ...") passed
     # at exactly 3/4 on some organisms.  On CPU it stops at a 0.125 ν_ft bracket (4 decisions),
     # on GPU at 0.05 (6).  Look-ahead by the cost of a speculative row (benchmarks/
-    # steering_search.py): a CPU decode step costs ~0.2 s fixed + ~5-9 ms per row, so 2 decisions
+    # steering_search.py): a CPU decode step costs ~0.17 s fixed + ~10 ms per row, so 2 decisions
     # per round (24 rows) is the best trade there; on a GPU rows are nearly free at these batch
     # sizes, so 3 decisions per round (56 rows) take 6 decisions in 2 rounds.  Final samples:
     # 20 prompts either way, confirmed coherent (see steering.py).
