@@ -16,9 +16,10 @@ OpenAI-compatible server works):
       --grade-repeats 3 --out runs/eval
   cat runs/eval/table.txt   # mean grade, grade>=2 and grade>=4 rates with 95% bootstrap CIs
 
-Every registered organism is used unless --organisms names some.  Organisms without a finished
-ADL run under --runs-root (default OUT/methods) first get ADL and Diff Mining runs there
-(<root>/<organism>/adl, <root>/<organism>/mining; --device cuda on a GPU), read by the agents.
+Every registered organism is used unless --organisms names some.  Each gets ADL and Diff
+Mining runs under --runs-root (default OUT/methods: <root>/<organism>/adl and .../mining;
+--device cuda on a GPU), read by the agents; finished runs made with the same settings are
+reused, runs made with other settings (or older defaults) stop with a one-line error.
 Each organism's own weights from the registry serve the model tools (--finetuned overrides).
 --protocol text forces the plain-text tool protocol (for servers without native tool calls;
 auto switches on an HTTP 400).  Finished agent runs are reused: an interrupted evaluation
@@ -30,7 +31,7 @@ domain words among each readout's top-20 tokens (own domain / best other domain:
 cross-domain control), hits per layer, and the 1:1 data-mixing ablation (mixed organism vs its
 unmixed twin); OUT/report.html shows it all.  Without an endpoint only this part runs:
 
-  difflens eval --offline                      # whole zoo; CPU: ~6 min per organism
+  difflens eval --offline                      # whole zoo; CPU: ~5 min per organism
   difflens eval --offline --adl-skip steering similarity causal --mining-texts 32   # quick
 """
 

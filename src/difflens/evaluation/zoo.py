@@ -64,15 +64,25 @@ def keyword_hits(tokens: list[str], keywords: list[str]) -> list[str]:
     return hits
 
 
-def readout_tokens(runs_root: Path | str, organism: str) -> dict[str, list[str]]:
-    """Top-20 tokens of each readout of ``<runs_root>/<organism>``'s finished runs."""
+def _adl_lens(adl: Path) -> tuple[str, dict[str, Any]] | None:
+    """(readout layer, logit lens per layer) of the finished ADL run in ``adl``, else None."""
+    if not (adl / "summary.json").is_file():
+        return None
+    layer = str(read_json(adl / "summary.json")["layer"])
+    return layer, read_json(adl / "logit_lens.json")["layers"]
+
+
+def readout_tokens(runs_root: Path | str, organism: str,
+                   adl_lens: tuple[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
+    """Top-20 tokens of each readout of ``<runs_root>/<organism>``'s finished runs
+    (``adl_lens``: the ADL run's :func:`_adl_lens`, when the caller already read it)."""
     base = Path(runs_root) / organism
     out: dict[str, list[str]] = {}
     adl = base / "adl"
-    if (adl / "summary.json").is_file():
-        summary = read_json(adl / "summary.json")
-        lens = read_json(adl / "logit_lens.json")
-        out["adl_logit_lens"] = lens["layers"][str(summary["layer"])]["mean"]["tokens"][:TOP]
+    adl_lens = adl_lens or _adl_lens(adl)
+    if adl_lens is not None:
+        layer, lens = adl_lens
+        out["adl_logit_lens"] = lens[layer]["mean"]["tokens"][:TOP]
         if (adl / "patchscope.json").is_file():
             chosen = read_json(adl / "patchscope.json").get("chosen") or {}
             out["adl_patchscope"] = (chosen.get("coherent_tokens") or [])[:TOP]
@@ -112,17 +122,17 @@ class OrganismSignals:
 def organism_signals(runs_root: Path | str, entry: OrganismEntry,
                      registry: dict[str, OrganismEntry]) -> OrganismSignals:
     """Score ``entry``'s finished runs against its own and every other domain's keywords."""
-    tokens = readout_tokens(runs_root, entry.name)
+    base = Path(runs_root) / entry.name
+    adl_lens = _adl_lens(base / "adl")
+    tokens = readout_tokens(runs_root, entry.name, adl_lens)
     hits = {r: keyword_hits(t, entry.domain_keywords) for r, t in tokens.items()}
     others = {n: e for n, e in registry.items()
               if n != entry.name and e.domain_keywords and twin_key(e) != twin_key(entry)}
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
-    base = Path(runs_root) / entry.name
     relative, by_layer, mass = None, {}, None
-    if (base / "adl" / "summary.json").is_file():
-        layer = str(read_json(base / "adl" / "summary.json")["layer"])
-        lens = read_json(base / "adl" / "logit_lens.json")["layers"]
+    if adl_lens is not None:
+        layer, lens = adl_lens
         relative = lens[layer]["relative_norm"]
         # Does not saturate like a top-20 count: how much of the readout's probability the
         # domain words carry (tokens beyond the stored top 100 count as non-domain).

@@ -75,12 +75,12 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
 def _finished(run_dir: Path, config: Any, kind: str) -> bool:
     """``run_dir`` holds a finished run (a summary) made with exactly ``config``, or assembled
     by hand (a summary without ``run.json``, read as it is).  A run made with other settings
-    raises its one-line error before any model is loaded."""
+    raises its one-line error (:func:`~difflens.io.artifacts.same_run`) before any model is
+    loaded."""
     from difflens.io.artifacts import same_run
 
-    same = same_run(run_dir, config.to_dict(), kind)
-    by_hand = not (run_dir / "run.json").exists()
-    return (run_dir / "summary.json").is_file() and (same or by_hand)
+    same_run(run_dir, config.to_dict(), kind)  # False only when there is no run.json
+    return (run_dir / "summary.json").is_file()
 
 
 def _llm_config(llm: dict[str, Any]) -> Any:

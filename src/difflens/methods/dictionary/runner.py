@@ -364,42 +364,16 @@ def steer(pair: ModelPair, layer: int, latents: list[int], directions: Tensor, s
           ) -> list[dict[str, Any]]:
     """Greedy generations of the finetuned model with ``alpha · scale · d̂_j`` added at
     ``layer`` (every position) for each latent ``j`` (direction ``(J, d)``), strength and
-    prompt, plus one unsteered row per prompt (``latent: None``), all in one ``generate``."""
-    from transformers import GenerationConfig
-
+    prompt, plus one unsteered row per prompt (``latent: None``), in one batch of ADL's
+    per-row-steered generation (:func:`difflens.methods.adl.generation.generate`)."""
     from difflens.data.chat import chat_prompt
-    from difflens.data.tokenize import encode
-    from difflens.models.hooks import add_vector
+    from difflens.methods.adl.generation import SamplingConfig, Steer, generate
 
-    tok = pair.tokenizer
     unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     rows: list[tuple[int | None, float, str]] = [(None, 0.0, p) for p in prompts]
     rows += [(j, a, p) for j in range(unit.shape[0]) for a in alphas for p in prompts]
-    vectors = torch.stack([unit[j] * a * scale if j is not None else torch.zeros(unit.shape[1])
-                           for j, a, _ in rows])
-    encoded = [encode(tok, chat_prompt(tok, p)) for _, _, p in rows]
-    width = max(map(len, encoded))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(encoded):  # left padding: every prompt ends at the last column
-        ids[i, width - len(e):] = torch.tensor(e)
-        mask[i, width - len(e):] = 1
-    ends = {tok.eos_token_id}
-    turn = tok.convert_tokens_to_ids("<end_of_turn>")
-    if isinstance(turn, int) and turn != tok.unk_token_id:
-        ends.add(turn)
-    ends.discard(None)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              repetition_penalty=1.0, eos_token_id=sorted(ends),
-                              pad_token_id=int(pad))
-    with pair.use("ft") as (model, arch), add_vector(arch, layer, vectors):
-        device = next(model.parameters()).device
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             generation_config=config)
-    results = []
-    for (j, alpha, prompt), new in zip(rows, out[:, width:].tolist(), strict=True):
-        cut = next((i for i, t in enumerate(new) if t in ends), len(new))
-        results.append({"latent": None if j is None else latents[j], "alpha": alpha,
-                        "prompt": prompt, "text": tok.decode(new[:cut], skip_special_tokens=True)})
-    return results
+    steering = [None if j is None else Steer(unit[j] * scale, layer, a) for j, a, _ in rows]
+    gens = generate(pair, [chat_prompt(pair.tokenizer, p) for _, _, p in rows],
+                    SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False), steering)
+    return [{"latent": None if j is None else latents[j], "alpha": alpha, "prompt": prompt,
+             "text": text} for (j, alpha, prompt), text in zip(rows, gens.texts, strict=True)]
