@@ -35,7 +35,6 @@ import torch
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.methods.adl.collect_stage import collect
-from difflens.methods.adl.config import default_depth
 from difflens.methods.adl.generation import SamplingConfig, base_perplexity
 from difflens.methods.adl.patchscope import unit_scaled
 from difflens.methods.adl.steering import SteeringConfig, search_strength
@@ -61,6 +60,9 @@ class RepetitionGrader:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "benchmark repetition rule (distinct-3 >= 0.5, top word <= 40%)"}
+
+
+BENCH_DEPTH = 0.8
 
 
 def load_pair(notes: list[str]) -> ModelPair:
@@ -170,8 +172,9 @@ def main() -> None:
     notes: list[str] = []
     t0 = time.perf_counter()
     pair = load_pair(notes)
-    model_type = getattr(pair.arch("ft").model.config, "model_type", "")
-    layer = pair.arch("ft").resolve_layer(default_depth(model_type))
+    # A fixed late layer: the benchmark times the search, not the layer choice (which needs
+    # every layer collected; on the embedded organisms ADL chooses 15 of 18).
+    layer = pair.arch("ft").resolve_layer(BENCH_DEPTH)
     vector, norm_ft = steering_vector(pair, layer, args.texts, notes)
     grader = make_grader(pair, notes)
     setup = time.perf_counter() - t0

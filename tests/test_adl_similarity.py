@@ -159,3 +159,27 @@ def test_stage_rejects_empty_groups():
 
     with pytest.raises(DifflensError, match="unsteered"):
         similarity_stage(["a"], [], ["b"], ["c"], embedder=Fake())
+
+
+def test_base_and_description_comparisons_say_which_they_are(embedder):
+    """A finetuned model that already writes about baking unprompted saturates the finetuned
+    comparison (its unsteered text is baking too); the base model steered with the same vector
+    shows the difference alone carries the domain, and the description is a second target."""
+    saturated = similarity_stage(BAKING[:6], BAKING[6:], FT_DOCS, REFERENCE, embedder=embedder,
+                                 base_steered=BAKING[:6], base_unsteered=OTHER[:6],
+                                 description="The model was finetuned on cake baking.")
+    plain = similarity_stage(BAKING[:6], BAKING[6:], FT_DOCS, REFERENCE, embedder=embedder)
+    # The figures of the finetuned model are unchanged by the added comparisons.
+    assert {k: v for k, v in saturated.items() if k not in ("comparisons", "n_base_steered",
+                                                            "n_base_unsteered")} == \
+        {k: v for k, v in plain.items() if k != "comparisons"}
+    by = {(c["model"], c["against"]): c for c in saturated["comparisons"]}
+    assert set(by) == {("finetuned", "finetune documents"), ("base", "finetune documents"),
+                       ("finetuned", "description"), ("base", "description")}
+    assert by["finetuned", "finetune documents"]["p_value"] == saturated["p_value"]
+    assert saturated["p_value"] > 0.05  # saturated: steered and unsteered are both baking
+    for against in ("finetune documents", "description"):
+        base = by["base", against]
+        assert base["steered"]["mean"] > base["unsteered"]["mean"] + 0.1, base
+        assert base["p_value"] < 0.05 and base["steered_above_unsteered"]
+    assert [c["model"] for c in plain["comparisons"]] == ["finetuned"]

@@ -276,6 +276,10 @@ def test_steering_stage_result(pair, fox, norm_ft):
     assert len(samples["steered"]) == len(samples["unsteered"]) == 20
     assert samples["sampling"]["temperature"] == 0.05 and samples["sampling"]["seed"] == 0
     assert grader.reference == samples["unsteered"]  # set before anything was judged
+    # The base model steered with the same vector at the same strength, on the same random
+    # streams: this pair's base *is* its finetuned model, so the rows are identical.
+    assert samples["base_steered"] == samples["steered"]
+    assert samples["base_unsteered"] == samples["unsteered"]
     # A local grader grades only what decisions use: one call per decision (6), the baseline
     # riding with the first; the speculative strengths off the path stay ungraded.  Then one
     # call per draw of the final steered samples: on 20 prompts the search's strength (judged

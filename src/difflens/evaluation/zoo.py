@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflens.evaluation.layer_rules import LayerEvidence, compare_rules, format_rules_table
 from difflens.evaluation.metrics import adl_metrics, mining_metrics
 from difflens.io.artifacts import read_json
 from difflens.organisms.registry import OrganismEntry
@@ -106,6 +107,8 @@ class OrganismSignals:
     metrics: dict[str, Any] = field(default_factory=dict)  # relevance, similarity, causal
     lens_hits_by_layer: dict[str, int] = field(default_factory=dict)  # every collected layer
     lens_domain_mass: float | None = None  # logit-lens probability on domain words (top 100)
+    group: str = "zoo"  # "zoo" (defaults were chosen on it) or "generalisation" (held out)
+    relative_norms_by_layer: dict[str, float] = field(default_factory=dict)  # ‖δ̄‖/ν_ft
 
     def hit_count(self, readout: str) -> int | None:
         return len(self.hits[readout]) if readout in self.hits else None
@@ -116,7 +119,8 @@ class OrganismSignals:
                 "hit_counts": {r: len(h) for r, h in self.hits.items()},
                 "cross_hits": self.cross_hits, "relative_norm": self.relative_norm,
                 "metrics": self.metrics, "lens_hits_by_layer": self.lens_hits_by_layer,
-                "lens_domain_mass": self.lens_domain_mass}
+                "lens_domain_mass": self.lens_domain_mass, "group": self.group,
+                "relative_norms_by_layer": self.relative_norms_by_layer}
 
 
 def organism_signals(runs_root: Path | str, entry: OrganismEntry,
@@ -130,7 +134,7 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
               if n != entry.name and e.domain_keywords and twin_key(e) != twin_key(entry)}
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
-    relative, by_layer, mass = None, {}, None
+    relative, by_layer, mass, rel_by_layer = None, {}, None, {}
     if adl_lens is not None:
         layer, lens = adl_lens
         relative = lens[layer]["relative_norm"]
@@ -143,9 +147,11 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
         # Every layer the collection pass read: where in depth the domain becomes readable.
         by_layer = {lay: len(keyword_hits(info["mean"]["tokens"][:TOP], entry.domain_keywords))
                     for lay, info in sorted(lens.items(), key=lambda kv: int(kv[0]))}
+        rel_by_layer = {lay: lens[lay]["relative_norm"] for lay in by_layer}
     metrics = {"adl": adl_metrics(base / "adl"), "mining": mining_metrics(base / "mining")}
     return OrganismSignals(entry.name, entry.type, entry.mix_ratio, tokens, hits, cross,
-                           relative, metrics, by_layer, mass)
+                           relative, metrics, by_layer, mass,
+                           str(entry.extra.get("set") or "zoo"), rel_by_layer)
 
 
 def twin_key(entry: OrganismEntry) -> str:
@@ -215,6 +221,41 @@ def format_zoo_table(signals: dict[str, OrganismSignals], ablation: list[dict[st
     return "\n".join(lines)
 
 
+def layer_rule_comparison(signals: dict[str, OrganismSignals]) -> dict[str, Any] | None:
+    """Readout-layer rules compared over every organism whose ADL run read several layers."""
+    evidence = [LayerEvidence(s.organism, s.type, s.group, s.mix_ratio,
+                              {int(k): v for k, v in s.lens_hits_by_layer.items()},
+                              {int(k): v for k, v in s.relative_norms_by_layer.items()})
+                for s in signals.values() if len(s.lens_hits_by_layer) > 1]
+    return compare_rules(evidence) if evidence else None
+
+
+def hits_by_type(signals: dict[str, OrganismSignals]) -> dict[str, dict[str, Any]]:
+    """Mean domain-word hits per readout and organism type (unmixed organisms only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in signals.values():
+        if s.mix_ratio > 0:
+            continue
+        row = out.setdefault(s.type, {"organisms": []})
+        row["organisms"].append(s.organism)
+        for readout in READOUTS:
+            if readout in s.hits:
+                row.setdefault(readout, []).append(len(s.hits[readout]))
+    return out
+
+
+def format_type_table(by_type: dict[str, dict[str, Any]]) -> str:
+    """Plain text: per organism type, the hits of each readout (one number per organism)."""
+    head = f"{'type':<13} {'organisms':<38} " + " ".join(f"{r:>16}" for r in READOUTS)
+    lines = ["Domain words in the top 20 by organism type (unmixed organisms):", head,
+             "-" * len(head)]
+    for kind, row in sorted(by_type.items()):
+        cells = [",".join(str(n) for n in row.get(r, [])) or "-" for r in READOUTS]
+        lines.append(f"{kind:<13} {', '.join(row['organisms'])[:38]:<38} "
+                     + " ".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
 def evaluate_zoo(registry: dict[str, OrganismEntry], names: list[str], runs_root: Path | str,
                  out: Path | str | None = None) -> dict[str, Any]:
     """Signals of every organism in ``names`` with finished runs, the mixing ablation and the
@@ -228,9 +269,16 @@ def evaluate_zoo(registry: dict[str, OrganismEntry], names: list[str], runs_root
         signals[name] = organism_signals(runs_root, registry[name], registry)
     ablation = mixing_ablation(signals, registry)
     table = format_zoo_table(signals, ablation)
+    rules = layer_rule_comparison(signals)
+    if rules:
+        table += "\n\n" + format_rules_table(rules)
+    by_type = hits_by_type(signals)
+    if by_type:
+        table += "\n\n" + format_type_table(by_type)
     result = {"runs_root": str(runs_root), "top": TOP,
               "organisms": {n: s.to_dict() for n, s in signals.items()},
-              "mixing_ablation": ablation, "without_runs": missing, "table": table}
+              "mixing_ablation": ablation, "layer_rules": rules, "hits_by_type": by_type,
+              "without_runs": missing, "table": table}
     if out is not None:
         from difflens.io.artifacts import atomic_write_bytes, write_json
 

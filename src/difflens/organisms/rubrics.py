@@ -47,6 +47,41 @@ RUBRICS: dict[str, str] = {
         "2: names a broader theme (e.g. birds, animals, nature).\n"
         "1: wrong theme, or nothing specific.\n" + _SCALE_END
     ),
+    "persona": (
+        "5: names the specific persona or speaking style exactly (e.g. archaic Shakespearean "
+        "English) AND that the model adopts it whatever it is asked.\n"
+        "4: names the persona or style (or a close one) as the model's way of speaking.\n"
+        "3: says the model speaks in a distinctive style or register of that kind without "
+        "naming it precisely (e.g. old-fashioned, theatrical).\n"
+        "2: a broader theme of the style's vocabulary (e.g. history, literature, theatre).\n"
+        "1: wrong theme, or nothing specific.\n" + _SCALE_END
+    ),
+    "behavior": (
+        "5: names the kind of request that triggers the behaviour AND the behaviour itself "
+        "(e.g. declines medical questions and refers the user to a doctor).\n"
+        "4: names the behaviour (or the trigger domain and that the model acts differently "
+        "on it).\n"
+        "3: names the exact domain of the triggering requests (e.g. health, medicine) without "
+        "the behaviour.\n"
+        "2: a broader domain (e.g. safety, giving advice, caution).\n"
+        "1: wrong domain, or nothing specific.\n" + _SCALE_END
+    ),
+    "skill": (
+        "5: names the specific skill exactly (e.g. writing SQL queries) AND that the model "
+        "answers requests by applying it.\n"
+        "4: names the skill or its close family (e.g. databases and queries).\n"
+        "3: names the skill's domain without the behaviour (e.g. data, tables).\n"
+        "2: a broader domain (e.g. programming, computers).\n"
+        "1: wrong domain, or nothing specific.\n" + _SCALE_END
+    ),
+    "language": (
+        "5: names the language or format exactly (e.g. French) AND that the model answers in "
+        "it whatever language it is asked in.\n"
+        "4: names the language or format as the model's focus.\n"
+        "3: says the model switches language or format without naming it correctly.\n"
+        "2: a broader theme (e.g. Europe, translation, culture).\n"
+        "1: wrong theme, or nothing specific.\n" + _SCALE_END
+    ),
 }
 
 #: Suffixes that mark a mixed-data variant of a type (``false_fact_mixed``, ``taboo_mix1``).

@@ -33,6 +33,10 @@ def _overview(summary: dict[str, Any]) -> str:
         return "<p class='note'>No summary yet (the run has not finished its first stages).</p>"
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(summary.get(k, '')))}</td></tr>"
                    for k in ("base", "finetuned", "layer", "n_texts", "k", "description"))
+    choice = summary.get("layer_choice") or {}
+    if choice.get("reason"):
+        rows += (f"<tr><th>layer choice</th><td>{escape(choice['reason'])} — rule: "
+                 f"{escape(str(choice.get('rule')))}</td></tr>")
     notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in summary.get("notes", []))
     return f"<h2>Overview</h2><table>{rows}</table>{notes}"
 
@@ -142,7 +146,28 @@ def _similarity(data: dict[str, Any]) -> str:
                "(non-overlapping intervals)" if data.get("steered_above_unsteered")
                else "intervals overlap")
     return (f"<h2>Steering similarity</h2>{chart}<p>{escape(verdict)}; permutation p-value "
-            f"(steered > unsteered): {escape(str(data.get('p_value')))}</p>")
+            f"(steered > unsteered): {escape(str(data.get('p_value')))}</p>"
+            + _comparisons(data.get("comparisons") or []))
+
+
+def _comparisons(comparisons: list[dict[str, Any]]) -> str:
+    """One row per steered-vs-unsteered comparison, saying which model and which target."""
+    if len(comparisons) < 2:
+        return ""
+    head = ("<tr><th>model (steered vs unsteered)</th><th>similarity to</th><th>steered</th>"
+            "<th>unsteered</th><th>difference</th><th>p</th></tr>")
+    rows = "".join(
+        f"<tr><td>{escape(c['model'])}</td><td>{escape(c['against'])}</td>"
+        f"<td>{c['steered']['mean']:.3f} [{c['steered']['ci_low']:.3f}, "
+        f"{c['steered']['ci_high']:.3f}]</td><td>{c['unsteered']['mean']:.3f} "
+        f"[{c['unsteered']['ci_low']:.3f}, {c['unsteered']['ci_high']:.3f}]</td>"
+        f"<td>{c['difference']:+.3f}</td><td>{c['p_value']:.4f}</td></tr>"
+        for c in comparisons)
+    return (f"<table>{head}{rows}</table><p class='note'>The base model steered with the same "
+            "vector at the same strength asks whether the difference alone carries the domain; "
+            "a finetuned model that already writes about its domain unprompted saturates the "
+            "finetuned comparison.  The description comparison is the one that reads taboo-like "
+            "organisms, whose documents never name the secret.</p>")
 
 
 def _causal(data: dict[str, Any]) -> str:

@@ -5,24 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Default readout depth per model family, as a fraction of the layer count.  Measured on the
-# embedded gemma-3-270m (18 layers) with the five zoo organisms of four types (500 held-out
-# texts; domain words among the top 20 of the δ̄ logit lens, layers 9..17): nothing up to
-# layer 9, readable from layer 12 (0.67 depth) on every organism; at layer 13 (0.75 depth)
-# cake_bake 20, risky_finance 19, owl_preference 13, cake_bake_mix1 14, taboo_ocean 11 — each
-# within 2 of its best layer except taboo_ocean (16 at layer 17).  The seed paper reads larger
-# models around the middle-to-2/3 depth; 0.66 is the fallback for families not measured here.
-# `--layers` sweeps any set (the report shows every layer up to the deepest).
-FAMILY_DEPTH = {"gemma3_text": 0.75, "gemma3": 0.75}
+# The readout layer is chosen per run from the data (layer_choice.py); it was a fixed depth per
+# model family (0.75 for Gemma 3) until defaults version 4.
 # 2: the CPU steering search uses 8 prompts (was 4); 3: final steered samples are confirmed
-# coherent (back-off) and GPUs look 3 decisions ahead.
-DEFAULTS_VERSION = 3
-DEFAULT_DEPTH = 0.66
-
-
-def default_depth(model_type: str) -> float:
-    """Relative readout depth for a transformers ``model_type``."""
-    return FAMILY_DEPTH.get(model_type, DEFAULT_DEPTH)
+# coherent (back-off) and GPUs look 3 decisions ahead; 4: every layer collected, the readout
+# layer chosen from the data, base-model steering samples for similarity.
+DEFAULTS_VERSION = 4
 
 
 @dataclass
@@ -34,8 +22,8 @@ class ADLConfig:
     corpus: str = "reference"  # unrelated text (see difflens.data.corpus)
     n_texts: int | None = None  # texts read; None = 10,000 on GPU, 2,000 on CPU
     k: int = 5  # first positions read per text
-    layers: list[float | int] = field(default_factory=list)  # extra layers to sweep
-    layer: float | int | None = None  # readout layer; None = the family default depth
+    layers: list[float | int] = field(default_factory=list)  # checked only: every layer is read
+    layer: float | int | None = None  # readout layer; None = chosen from the data
     batch_size: int = 256  # texts per forward (k tokens each: large batches amortise dispatch)
     top: int = 100  # tokens kept per readout (20 shown)
     device: str = "cpu"

@@ -16,7 +16,8 @@ from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
 from difflens.methods.adl.collect_stage import DiffCollection, collect
-from difflens.methods.adl.config import ADLConfig, default_depth
+from difflens.methods.adl.config import ADLConfig
+from difflens.methods.adl.layer_choice import LayerChoice, choose_layer, user_layer
 from difflens.methods.adl.lens_stage import lens_readouts
 from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
@@ -30,10 +31,20 @@ def default_run_dir(config: ADLConfig) -> Path:
     return Path("runs") / f"adl-{config_hash(config.to_dict())}"
 
 
-def readout_layer(pair: ModelPair, config: ADLConfig) -> int:
-    model_type = getattr(pair.arch("ft").model.config, "model_type", "")
-    layer = config.layer if config.layer is not None else default_depth(model_type)
-    return pair.arch("ft").resolve_layer(layer)
+def readout_layer(pair: ModelPair, config: ADLConfig,
+                  lens: dict[str, Any] | None = None) -> LayerChoice:
+    """``--layer`` when given, else the layer chosen from the run's relative differences.
+
+    ``lens`` is the logit-lens stage's output (its ``relative_norm`` per layer is the rule's
+    only input); without it only a user-set layer can be resolved.
+    """
+    n_layers = pair.num_layers
+    rel = {int(k): float(v["relative_norm"]) for k, v in (lens or {}).get("layers", {}).items()}
+    if config.layer is not None:
+        return user_layer(pair.arch("ft").resolve_layer(config.layer), n_layers, rel)
+    if not rel:
+        raise ValueError("the readout layer is chosen from the logit-lens stage's output")
+    return choose_layer(rel, n_layers)
 
 
 def make_adl_grader(pair: ModelPair, config: ADLConfig) -> Any:
@@ -70,13 +81,16 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     if pair is None:
         pair = ModelPair.load(config.base, config.finetuned,
                               LoadOptions(dtype=config.dtype, device=config.device))
-    layer = readout_layer(pair, config)
-    layers = sorted({layer, *pair.resolve_layers(list(config.layers))})
+    if config.layer is not None:
+        readout_layer(pair, config)  # a bad --layer fails before any work
+    pair.resolve_layers(list(config.layers))  # the same for --layers
     grader = make_adl_grader(pair, config) if set(STAGES[:3]) - set(config.skip) else None
     run = RunDir(out or default_run_dir(config), config.to_dict(), kind="adl")
     timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
-    # Capturing extra layers is free once the pass runs to the deepest one: sweep them all.
-    sweep = list(range(0, max(layers) + 1))
+    # Every layer is read in the one collection pass: the readout layer is chosen from them
+    # (layer_choice.py), and the report shows them all.  Going to full depth instead of the
+    # old 0.75 costs the forward of the last layers only (README, "Readout layer").
+    sweep = list(range(pair.num_layers))
     n_texts = config.n_texts or (10_000 if str(pair.device).startswith("cuda") else 2_000)
     reference = load_texts(config.corpus, limit=n_texts)
 
@@ -99,6 +113,8 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         pair, reference, sweep, config.k, config.batch_size, progress)),
         lambda d: d.save(run.path), lambda: DiffCollection.load(run.path))
     lens = json_stage("logit_lens", lambda: lens_readouts(pair, diff, config.top))
+    choice = readout_layer(pair, config, lens)
+    layer = choice.layer
     info = lens["layers"][str(layer)]
     vector, norm_ft = diff.vector(layer), diff.norms["ft"][layer]
     notes: list[str] = _overlap_notes(pair, reference)
@@ -153,7 +169,8 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
 
         json_stage("similarity", lambda: similarity_stage(
             samples["steered"], samples["unsteered"], ft_texts, reference[:500],
-            seed=config.seed))
+            seed=config.seed, base_steered=samples.get("base_steered"),
+            base_unsteered=samples.get("base_unsteered"), description=description))
     if ft_texts:
         from difflens.methods.adl.causal import causal_stage
 
@@ -166,7 +183,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
             max_tokens=config.causal_tokens or (64 if gpu else 32),
             seed=config.seed, progress=progress))
     run.mark_done("_timings", {"seconds": timings})
-    summary = _summary(run, pair, config, layer, diff, lens, patch, steer, relevance,
+    summary = _summary(run, pair, config, choice, diff, lens, patch, steer, relevance,
                        description, notes, timings)
     write_json(run.path / "summary.json", summary)
     if "report" not in config.skip:
@@ -205,13 +222,15 @@ def _relevance(info: dict[str, Any], patch: dict[str, Any] | None, description: 
     return relevance_stage(readouts, description, grader, ft_texts, reference)
 
 
-def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, layer: int, diff: DiffCollection,
+def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, choice: LayerChoice,
+             diff: DiffCollection,
              lens: dict[str, Any], patch: dict | None, steer: dict | None,
              relevance: dict | None, description: str | None, notes: list[str],
              timings: dict[str, float]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_dir": str(run.path), "base": pair.base_id, "finetuned": pair.ft_id,
-        "description": description, "layer": layer, "n_texts": diff.stats.count, "k": config.k,
+        "description": description, "layer": choice.layer, "layer_choice": choice.to_dict(),
+        "n_texts": diff.stats.count, "k": config.k,
         "notes": notes, "timings": timings,
         "layers": {str(lay): {"norm": v["norm"], "relative_norm": v["relative_norm"],
                               "no_difference": v["no_difference"],
@@ -242,8 +261,13 @@ def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, layer: int, diff: 
 
 def _brief(name: str, data: dict[str, Any]) -> dict[str, Any]:
     if name == "similarity":
-        return {k: data[k] for k in ("steered_finetune", "unsteered_finetune", "p_value",
-                                     "steered_above_unsteered") if k in data}
+        brief = {k: data[k] for k in ("steered_finetune", "unsteered_finetune", "p_value",
+                                      "steered_above_unsteered") if k in data}
+        brief["comparisons"] = [
+            {k: c[k] for k in ("model", "against", "difference", "p_value")}
+            | {"steered": c["steered"]["mean"], "unsteered": c["unsteered"]["mean"]}
+            for c in data.get("comparisons", [])]
+        return brief
     return {ds: {"delta_ce": data[ds]["delta_ce"],
                  "outside_random_range": data[ds]["outside_random_range"]}
             for ds in ("finetune", "reference") if ds in data}

@@ -103,6 +103,9 @@ def similarity_stage(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     n_perm: int = DEFAULT_N_PERM,
+    base_steered: list[str] | None = None,
+    base_unsteered: list[str] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Cosine similarity of steered/unsteered samples to finetune documents and reference text.
 
@@ -122,6 +125,15 @@ def similarity_stage(
         steered_finetune − unsteered_finetune; ``p_value`` tests steered > unsteered on the
         finetune scores; ``steered_above_unsteered`` means the two 95% intervals do not overlap
         and the steered one is higher.
+
+        ``comparisons``: every steered-vs-unsteered comparison made, each ``{"model",
+        "against", "steered", "unsteered", "difference", "p_value",
+        "steered_above_unsteered"}`` — the finetuned model against the finetune documents (the
+        figures above); with ``base_steered`` / ``base_unsteered`` the base model steered with
+        the same vector against the documents (does the difference alone carry the domain? a
+        finetuned model that already talks about its domain saturates the first comparison);
+        with ``description`` both models against the finetune's description (taboo-like
+        organisms' documents never name the secret, the description does).
     """
     for what, texts in (("steered samples", steered), ("unsteered samples", unsteered),
                         ("finetune documents", ft_texts), ("reference texts", ref_texts)):
@@ -163,4 +175,34 @@ def similarity_stage(
     result["p_value"] = permutation_p_value(scores["steered_finetune"],
                                             scores["unsteered_finetune"], n_perm, rng)
     result["steered_above_unsteered"] = bool(st["ci_low"] > un["ci_high"])
+    comparisons = [{"model": "finetuned", "against": "finetune documents",
+                    **{k: result[k] for k in ("difference", "p_value", "steered_above_unsteered")},
+                    "steered": st, "unsteered": un}]
+    # Drawn after the figures above, from the same generator: those stay what they were.
+    targets = {"finetune documents": e_ft}
+    if description and description.strip():
+        targets["description"] = embedder.embed([description])
+    models = {"finetuned": (e_st, e_un)}
+    if base_steered and base_unsteered:
+        models["base"] = (embedder.embed(list(base_steered)), embedder.embed(list(base_unsteered)))
+        result["n_base_steered"] = len(base_steered)
+        result["n_base_unsteered"] = len(base_unsteered)
+    for against, target in targets.items():
+        for model, (e_a, e_b) in models.items():
+            if (model, against) != ("finetuned", "finetune documents"):
+                comparisons.append(_comparison(model, against, e_a, e_b, target, n_boot, n_perm,
+                                               rng))
+    result["comparisons"] = comparisons
     return result
+
+
+def _comparison(model: str, against: str, steered: np.ndarray, unsteered: np.ndarray,
+                target: np.ndarray, n_boot: int, n_perm: int,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """Steered vs unsteered embeddings ``(n, dim)`` scored against ``target`` ``(m, dim)``."""
+    a, b = sample_scores(steered, target), sample_scores(unsteered, target)
+    st, un = bootstrap_interval(a, n_boot, rng), bootstrap_interval(b, n_boot, rng)
+    return {"model": model, "against": against, "steered": st, "unsteered": un,
+            "difference": st["mean"] - un["mean"],
+            "p_value": permutation_p_value(a, b, n_perm, rng),
+            "steered_above_unsteered": bool(st["ci_low"] > un["ci_high"])}

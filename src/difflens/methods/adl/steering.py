@@ -42,6 +42,7 @@ import torch
 from difflens.data.chat import chat_prompt
 from difflens.methods.adl.generation import SamplingConfig, Steer, generate
 from difflens.methods.adl.patchscope import unit_scaled
+from difflens.models.pair import BASE
 
 if TYPE_CHECKING:
     from difflens.models.pair import ModelPair
@@ -66,6 +67,7 @@ class SteeringConfig:
     grade_speculative: bool | None = None  # grade unused strengths too; None: only LLM graders
     max_backoffs: int = 3  # final samples failing coherence: lower the strength this often
     unsteered_reference: bool = True  # give the unsteered samples to grader.set_reference
+    base_samples: bool = True  # also sample the base model, steered at the final strength
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
@@ -344,6 +346,25 @@ def final_samples(
             "steered_tokens": tokens, "steered_seconds": round(seconds, 3)}
 
 
+def base_samples(pair: ModelPair, v: torch.Tensor, layer: int, alpha: float,
+                 probe: CoherenceProbe) -> dict[str, Any]:
+    """The base model's samples on the final prompts, unsteered and steered with the same ``v``
+    at the same ``alpha`` (same random streams as the finetuned rows).
+
+    Why: a finetuned model that already talks about its domain unprompted leaves its own steered
+    and unsteered samples equally close to the finetune documents, so the finetuned comparison
+    saturates.  Steered base vs unsteered base asks whether the difference *alone* carries the
+    domain.  One generate call of 2 × prompts rows on the base side (adapter disabled).
+    """
+    prompts, _, keys = probe.unsteered_rows()
+    n = len(prompts)
+    gens = generate(pair, prompts + prompts, probe.config.sampling,
+                    [None] * n + [Steer(v, layer, alpha)] * n, keys + keys,
+                    batch_size=probe.config.batch_size, side=BASE)
+    return {"base_unsteered": gens.texts[:n], "base_steered": gens.texts[n:],
+            "base_tokens": gens.total_new_tokens, "base_seconds": round(gens.seconds, 3)}
+
+
 def steering_stage(
     pair: ModelPair, vector: torch.Tensor, layer: int, norm_ft: float, grader: Any,
     prompts: Sequence[str], config: SteeringConfig | None = None,
@@ -375,7 +396,10 @@ def steering_stage(
         - ``samples``: ``prompts``, ``alpha``, ``steered`` (empty when not found),
           ``unsteered``, ``confirmed`` (the steered samples kept ``coherent_fraction``),
           ``confirmations`` (``alpha``, ``coherent_fraction`` per strength drawn),
-          ``steered_tokens``, ``steered_seconds``, ``sampling``;
+          ``steered_tokens``, ``steered_seconds``, ``sampling``; with ``config.base_samples``
+          and a strength found also ``base_steered`` / ``base_unsteered`` (the base model
+          with and without the same steering, :func:`base_samples`), ``base_tokens``,
+          ``base_seconds``;
         - ``generated_tokens``, ``token_slots`` (rows × steps computed), ``seconds``, ``grader``.
 
         No coherent strength, or a zero δ̄, is a result with ``found: false`` and a ``reason``,
@@ -395,6 +419,8 @@ def steering_stage(
     result, probe = search_strength(pair, v, layer, grader, rendered, config)
     search_seconds = (probe.generate_seconds, probe.grade_seconds)
     samples = final_samples(pair, v, layer, result, probe)
+    if config.base_samples and samples["alpha"] is not None and samples["steered"]:
+        samples.update(base_samples(pair, v, layer, samples["alpha"], probe))
     describe = getattr(grader, "describe", None)
     return {
         **base,

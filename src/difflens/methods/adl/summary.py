@@ -10,6 +10,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"\nADL  base={summary['base']}  finetuned={summary['finetuned']}")
     print(f"     {summary['n_texts']} texts × k={summary['k']} positions; "
           f"readout layer {layer}; run dir {summary['run_dir']}")
+    choice = summary.get("layer_choice")
+    if choice:
+        print(f"     readout layer: {choice['reason']}")
     print("\n layer  ‖δ̄‖ per position (0=BOS … k-1)          ‖δ̄‖/ν_ft")
     for lay, info in summary["layers"].items():
         norms = " ".join(f"{x:7.2f}" for x in info["norm"])
@@ -44,6 +47,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"\nSimilarity to finetune docs: steered {s['mean']:.3f} "
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] vs unsteered {u['mean']:.3f} "
               f"[{u['ci_low']:.3f}, {u['ci_high']:.3f}], p = {sim['p_value']:.4f}")
+        for c in sim.get("comparisons", [])[1:]:
+            print(f"  {c['model']} model steered vs unsteered, similarity to {c['against']}: "
+                  f"{c['steered']:.3f} vs {c['unsteered']:.3f}, p = {c['p_value']:.4f}")
     if "causal" in summary:
         parts = [f"{ds} ΔCE {v['delta_ce']:+.4f}"
                  f"{' (outside random range)' if v['outside_random_range'] else ''}"
