@@ -84,9 +84,10 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
                    help="texts to read (default 10,000 on GPU, 2,000 on CPU)")
     p.add_argument("--k", type=int, default=5, help="first positions read per text (default 5)")
     p.add_argument("--layer", type=layer_arg, default=None,
-                   help="readout layer: index or relative depth (default: per model family)")
+                   help="readout layer: index or relative depth (default: chosen from the "
+                        "data, where ‖δ̄‖/ν_ft peaks below the last layer)")
     p.add_argument("--layers", type=layer_arg, nargs="*", default=[],
-                   help="extra layers to sweep (every layer up to the deepest is read anyway)")
+                   help="layers to check are in range (every layer is read anyway)")
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward")
     p.add_argument("--ft-docs", default=None,
                    help="finetune documents for similarity / causal / relevance baseline "
