@@ -6,6 +6,9 @@
   stopped at that layer, base pass = adapter disabled, weights in memory once);
 * floor — a bare forward of the base decoder over the same (N, 5) tokens up to the same layer,
   run twice (the work any method must do for two models);
+* depth (``--mode depth``) — ADL's collection stage (δ̄ and norms) reading every layer, as ADL
+  now does to choose its readout layer, against reading up to 0.75 depth only (the old
+  default), in one process;
 * naive — how research code does it: two separately loaded full models, full-length texts (128
   tokens), ``output_hidden_states=True`` with the LM head, every activation kept.  It is ~100×
   slower, so it runs on ``--naive-texts`` texts and its time is scaled per text (said below).
@@ -100,12 +103,38 @@ def mode_naive(n: int) -> dict:
     return {"seconds": elapsed, "texts": len(texts), "rss_mb": peak_rss_mb()}
 
 
+def mode_depth(n: int) -> dict:
+    from difflens.data.corpus import load_texts
+    from difflens.methods.adl.collect_stage import collect
+    from difflens.models.pair import ModelPair
+
+    pair = ModelPair.load()
+    texts = load_texts("reference", limit=n)
+    out: dict = {"texts": len(texts), "layers": pair.num_layers}
+    collect(pair, texts[:BATCH], [0], K, BATCH, progress=False)  # warm-up
+    for name, deepest in (("depth_075", pair.arch("ft").resolve_layer(0.75)),
+                          ("full", pair.num_layers - 1)):
+        start = time.perf_counter()
+        collect(pair, texts, list(range(deepest + 1)), K, BATCH, progress=False)
+        out[name] = time.perf_counter() - start
+        out[f"{name}_layers"] = deepest + 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["difflens", "floor", "naive"])
+    ap.add_argument("--mode", choices=["difflens", "floor", "naive", "depth"])
     ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--naive-texts", type=int, default=50)
     args = ap.parse_args()
+    if args.mode == "depth":
+        out = mode_depth(args.texts)
+        print(f"ADL collection stage (δ̄ + norms), {out['texts']} texts, k={K}:")
+        print(f"  layers 0..{out['depth_075_layers'] - 1} (old 0.75 depth)  "
+              f"{out['depth_075']:7.2f} s")
+        print(f"  layers 0..{out['full_layers'] - 1} (every layer)      {out['full']:7.2f} s")
+        print(f"  every layer / 0.75 depth = {out['full'] / out['depth_075']:.2f}x")
+        return
     if args.mode:
         n = args.naive_texts if args.mode == "naive" else args.texts
         emit(globals()[f"mode_{args.mode}"](n))
