@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--skip-steering-bench", action="store_true")
     args = ap.parse_args()
 
+    from difflens.api import run_adl
     from difflens.methods.adl.config import ADLConfig
-    from difflens.methods.adl.runner import run_adl
     from difflens.models.pair import ModelPair
 
     out = Path(args.out)

@@ -35,9 +35,10 @@ import torch
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.methods.adl.collect_stage import collect
-from difflens.methods.adl.generation import SamplingConfig, base_perplexity
 from difflens.methods.adl.patchscope import unit_scaled
 from difflens.methods.adl.steering import SteeringConfig, search_strength
+from difflens.models.device import is_gpu
+from difflens.models.generation import SamplingConfig, base_perplexity
 from difflens.models.loading import EMBEDDED, LoadOptions, load_causal_lm
 from difflens.models.pair import ModelPair
 
@@ -182,7 +183,7 @@ def main() -> None:
     from difflens.data.chat import chat_prompt
 
     prompts = [chat_prompt(pair.tokenizer, p) for p in chat_prompts()]
-    gpu = str(pair.device).startswith("cuda")
+    gpu = is_gpu(pair.device)
     config = SteeringConfig(
         alpha_max=args.alpha_max,
         tolerance=args.tolerance or (0.05 if gpu else 0.125),

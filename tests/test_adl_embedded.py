@@ -11,8 +11,8 @@ import json
 
 import pytest
 
+from difflens.api import run_adl
 from difflens.methods.adl.config import ADLConfig
-from difflens.methods.adl.runner import run_adl
 from difflens.models.pair import ModelPair, default_organism_dir
 from test_embedded import domain_words
 

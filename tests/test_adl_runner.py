@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from difflens.api import run_adl
 from difflens.errors import DifflensError
 from difflens.methods.adl.config import ADLConfig
-from difflens.methods.adl.runner import run_adl
 from difflens.models.pair import ModelPair
 
 TOPICS = ["harbour", "mountain", "library", "engine", "garden", "river", "concert", "letter"]

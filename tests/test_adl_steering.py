@@ -15,15 +15,7 @@ import pytest
 import torch
 
 from difflens.data.chat import chat_prompt
-from difflens.methods.adl.generation import (
-    SamplingConfig,
-    Steer,
-    base_perplexity,
-    exp_sum,
-    generate,
-    left_padded,
-    sample_tokens,
-)
+from difflens.data.padding import left_padded
 from difflens.methods.adl.steering import (
     SteeringConfig,
     bisect,
@@ -31,6 +23,14 @@ from difflens.methods.adl.steering import (
     next_lower,
     search_strength,
     steering_stage,
+)
+from difflens.models.generation import (
+    SamplingConfig,
+    Steer,
+    base_perplexity,
+    exp_sum,
+    generate,
+    sample_tokens,
 )
 from difflens.models.hooks import capture
 from difflens.models.pair import ModelPair

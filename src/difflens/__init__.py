@@ -27,12 +27,13 @@ __all__ = ["ADLConfig", "DifflensError", "LoadOptions", "ModelPair", "adl", "min
 def adl(out: str | None = None, pair: Any = None, progress: bool = True, **config: Any) -> dict:
     """Run the Activation Difference Lens; keyword arguments are :class:`ADLConfig` fields.
 
-    Returns the run summary (also written to ``<run dir>/summary.json``).
+    Returns the run summary (also written to ``<run dir>/summary.json``); the run's
+    ``report.html`` is written too unless ``skip`` names ``"report"``.
     """
     from pathlib import Path
 
+    from difflens.api import run_adl
     from difflens.methods.adl.config import ADLConfig
-    from difflens.methods.adl.runner import run_adl
 
     return run_adl(ADLConfig(**config), Path(out) if out else None, pair=pair, progress=progress)
 

@@ -1,7 +1,8 @@
 """The one entry point: ``difflens <command>``.
 
-User errors (:class:`DifflensError`) print one line and exit 2, without a traceback; Ctrl-C
-exits 130 (finished stages stay on disk and the next run resumes from them).
+User errors (:class:`DifflensError`) print one line and exit 2, without a traceback; so do
+argparse's own errors (unknown flag, a value of the wrong type).  Ctrl-C exits 130 (finished
+stages stay on disk and the next run resumes from them).
 """
 
 from __future__ import annotations
@@ -11,50 +12,17 @@ import logging
 import sys
 from collections.abc import Callable
 
+from difflens.cli_args import ArgumentParser, add_model_args, layer_arg, load_options
 from difflens.errors import DifflensError
+
+__all__ = ["ArgumentParser", "add_model_args", "build_parser", "layer_arg", "load_options",
+           "main"]
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-def layer_arg(text: str) -> int | float:
-    """``12`` → layer index 12, ``-1`` → last layer, ``0.75`` → relative depth."""
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid layer {text!r}: give an index (12, -1) or a relative depth (0.75)"
-            ) from None
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that loads a model pair."""
-    g = p.add_argument_group("models")
-    g.add_argument("--base", default=None,
-                   help="base model: 'embedded' (default), a model dir, a .gguf file or hub id")
-    g.add_argument("--finetuned", default=None,
-                   help="finetuned model: a PEFT adapter dir, organism dir, model dir, .gguf or "
-                        "hub id (default: the shipped cake_bake organism)")
-    g.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, mps, or auto (device_map='auto' for big models)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--allow-pickle", action="store_true",
-                   help="accept .bin/.pt checkpoints (pickle can run code: trusted files only)")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow models that ship their own Python code")
-
-
-def load_options(args: argparse.Namespace):
-    from difflens.models.loading import LoadOptions
-
-    return LoadOptions(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
-                       trust_remote_code=args.trust_remote_code)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="difflens",
         description="Model diffing: find what a finetune taught a language model.",
     )
@@ -68,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed in one line)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):

@@ -70,6 +70,7 @@ class PairAccess:
         import torch
 
         from difflens.data.chat import chat_prompt
+        from difflens.data.padding import pad_id
         from difflens.models.hooks import add_vector
 
         tok = self.pair.tokenizer
@@ -81,5 +82,5 @@ class PairAccess:
                 else contextlib.nullcontext()
             with ctx, torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                                     pad_token_id=pad_id(tok))
         return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

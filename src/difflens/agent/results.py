@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.io.artifacts import read_optional_json
 
 MAX_SECTION_CHARS = 6000  # keeps one tool result well inside small models' context
 
@@ -38,15 +39,6 @@ def blackbox_results() -> Results:
                                "learn about the finetune by asking the models.")
 
 
-def _load(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DifflensError(f"cannot read {path} ({exc}); rerun the method") from None
-
-
 def _toks(tokens: list[str], n: int = 20) -> str:
     return ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens[:n])
 
@@ -54,8 +46,8 @@ def _toks(tokens: list[str], n: int = 20) -> str:
 def adl_results(run_dir: Path | str) -> Results:
     """Overview and sections of an ADL run directory (``difflens adl`` output)."""
     run = Path(run_dir)
-    summary = _load(run / "summary.json")
-    lens = _load(run / "logit_lens.json")
+    summary = read_optional_json(run / "summary.json")
+    lens = read_optional_json(run / "logit_lens.json")
     if summary is None or lens is None:
         raise DifflensError(f"{run} is not a finished ADL run (no summary.json/logit_lens.json)")
     layer = str(summary["layer"])
@@ -67,7 +59,7 @@ def adl_results(run_dir: Path | str) -> Results:
         lines.append(f"  position {j}: {_toks(row['tokens'])}")
     lines.append(f"  mean of positions 1+: {_toks(info['mean']['tokens'])}")
     sections = {"logit_lens": _lens_section(lens)}
-    patch = _load(run / "patchscope.json")
+    patch = read_optional_json(run / "patchscope.json")
     if patch and patch.get("chosen"):
         chosen = patch["chosen"]
         lines += ["", f"Patchscope (scale {chosen.get('scale')}): coherent tokens "
@@ -75,7 +67,7 @@ def adl_results(run_dir: Path | str) -> Results:
                   f"  all top tokens: {_toks(chosen.get('tokens') or [])}"]
         sections["patchscope"] = "\n".join(
             f"scale {row['scale']}: {_toks(row['tokens'], 40)}" for row in patch.get("scales", []))
-    steer = _load(run / "steering.json")
+    steer = read_optional_json(run / "steering.json")
     samples = (steer or {}).get("samples") or {}
     if samples.get("steered"):
         lines += ["", f"Steering the finetuned model with the difference (strength "
@@ -110,7 +102,7 @@ def _samples(samples: dict[str, Any], limit: int | None) -> list[str]:
 def mining_results(run_dir: Path | str) -> Results:
     """Overview and sections of a Diff Mining run directory (``difflens mine`` output)."""
     run = Path(run_dir)
-    summary = _load(run / "summary.json")
+    summary = read_optional_json(run / "summary.json")
     if summary is None:
         raise DifflensError(f"{run} is not a finished Diff Mining run (no summary.json)")
     promoted = [r["token"] for r in summary.get("promoted") or []]

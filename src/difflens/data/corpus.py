@@ -5,9 +5,9 @@ with the tokenizer's chat template by :mod:`difflens.data.chat` when a tokenizer
 
 Formats:
   * ``.txt``: one text per non-empty line;
-  * ``.jsonl``: one JSON object per line with a ``text`` field (or ``--text-field``), or a
-    ``messages`` list of ``{"role", "content"}`` dicts;
-  * ``.parquet``: a ``text`` column (or ``--text-field``);
+  * ``.jsonl``: one JSON object per line with a ``text`` field (``text_field`` in Python), or
+    a ``messages`` list of ``{"role", "content"}`` dicts;
+  * ``.parquet``: a ``text`` column (``text_field`` in Python);
   * ``hf:NAME[:SPLIT]``: a Hugging Face dataset (needs the ``datasets`` extra and a connection
     or a local cache);
   * ``reference``: the shipped general-English reference corpus (see assets/REFERENCE_SOURCE.md).
@@ -38,6 +38,43 @@ def chat_prompts() -> list[str]:
     return [rec["prompt"] for rec in _read_jsonl(ASSETS / "chat_prompts.jsonl")]
 
 
+SUFFIXES = (".jsonl", ".parquet", ".txt", ".text", "")
+
+
+def check_corpus_source(source: str | Path) -> None:
+    """The checks of a corpus name that read nothing: a shipped name, ``hf:NAME``, or an
+    existing file of a supported format (one line otherwise)."""
+    name = str(source)
+    if name == REFERENCE or name.startswith("hf:"):
+        return
+    _corpus_path(name)
+
+
+def check_corpus(source: str | Path, limit: int | None = None) -> None:
+    """Read and check a local corpus before any model loads (a Hugging Face dataset is only
+    checked for its extra: reading it twice would cost a download)."""
+    name = str(source)
+    if name.startswith("hf:"):
+        _datasets()
+        return
+    load_texts(source, limit=limit)
+
+
+def _corpus_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise DifflensError(f"corpus {path} is a directory; give a .txt, .jsonl or .parquet "
+                            "file, 'reference' or hf:DATASET")
+    if not path.is_file():
+        raise DifflensError(f"corpus file {path} does not exist; check the path")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DifflensError(
+            f"unsupported corpus format {path.suffix.lower()!r} for {path}; use .txt, .jsonl, "
+            ".parquet or hf:DATASET"
+        )
+    return path
+
+
 def load_texts(
     source: str | Path,
     limit: int | None = None,
@@ -56,21 +93,14 @@ def load_texts(
     elif name.startswith("hf:"):
         records = _read_hf(name[3:], limit)
     else:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise DifflensError(f"corpus file {path} does not exist; check the path")
+        path = _corpus_path(name)
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             records = _read_jsonl(path)
         elif suffix == ".parquet":
             records = _read_parquet(path, text_field)
-        elif suffix in (".txt", ".text", ""):
-            records = [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
         else:
-            raise DifflensError(
-                f"unsupported corpus format {suffix!r} for {path}; use .txt, .jsonl, .parquet "
-                "or hf:DATASET"
-            )
+            records = [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
     texts = []
     for rec in records:
         text = _record_text(rec, text_field, tokenizer)
@@ -79,6 +109,12 @@ def load_texts(
         if limit is not None and len(texts) >= limit:
             break
     if not texts:
+        keys = sorted({k for rec in records[:100] if isinstance(rec, dict) for k in rec})
+        if keys and text_field not in keys and "messages" not in keys:
+            raise DifflensError(
+                f"corpus {name} has no '{text_field}' field (its records have: "
+                f"{', '.join(keys[:8])}); rename the field holding the text to '{text_field}'"
+            )
         raise DifflensError(
             f"corpus {name} is empty (no non-empty '{text_field}' texts); give a corpus with text"
         )
@@ -136,19 +172,24 @@ def _read_parquet(path: Path, text_field: str) -> list[dict]:
     if text_field not in table.column_names:
         raise DifflensError(
             f"{path} has no column {text_field!r} (columns: {', '.join(table.column_names)}); "
-            "pass --text-field"
+            f"rename the column holding the text to {text_field!r}"
         )
     return [{text_field: value} for value in table.column(text_field).to_pylist()]
 
 
-def _read_hf(spec: str, limit: int | None) -> list[Any]:
-    name, _, split = spec.partition(":")
+def _datasets() -> Any:
     try:
         import datasets
     except ImportError:
         raise DifflensError(
             "hf: corpora need the datasets extra; run: pip install 'difflens[datasets]'"
         ) from None
+    return datasets
+
+
+def _read_hf(spec: str, limit: int | None) -> list[Any]:
+    name, _, split = spec.partition(":")
+    datasets = _datasets()
     try:
         stream = datasets.load_dataset(name, split=split or "train", streaming=True)
         return list(stream.take(limit)) if limit else list(stream)

@@ -1,8 +1,9 @@
-"""First-k tokenisation: equal-length token windows, BOS kept at position 0.
+"""Tokenisation: one BOS per text (:func:`encode`), single-token decoding, first-k windows.
 
-ADL reads only the first k positions of each text, so texts are cut to exactly k tokens; no
-padding is ever needed and a batch is a plain ``(B, k)`` tensor.  Texts shorter than k tokens
-are dropped, and how many is logged.
+First-k windows are equal-length token windows, BOS kept at position 0: ADL reads only the
+first k positions of each text, so texts are cut to exactly k tokens; no padding is ever needed
+and a batch is a plain ``(B, k)`` tensor.  Texts shorter than k tokens are dropped, and how many
+is logged.  Batches of rows of different lengths are padded by :mod:`difflens.data.padding`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     if bos is not None and (not ids or ids[0] != bos):
         ids = [bos, *ids]
     return ids
+
+
+def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Readable text of single tokens (byte-level and SentencePiece markers resolved by the
+    tokenizer's own decoder, spaces kept)."""
+    return [tokenizer.decode([int(i)]) for i in ids]
 
 
 def first_k_tokens(tokenizer: Any, texts: list[str], k: int) -> Any:

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass, field
 from typing import Any
+
+from difflens.cli_args import add_model_args, load_options, model_sources
+from difflens.options import (
+    add_arguments,
+    check_path,
+    from_args,
+    group,
+    meta,
+    option,
+    validate,
+)
 
 EPILOG = """\
 Reproducing the seed's agent table (ADL vs Diff Mining vs black-box, budgets 0/5/50) with a
@@ -36,9 +49,27 @@ unmixed twin); OUT/report.html shows it all.  Without an endpoint only this part
 """
 
 
+@dataclass
+class EvalSizes:
+    """The numeric ``difflens eval`` flags, with their ranges (checked before any work)."""
+
+    budgets: list[int] = field(default_factory=lambda: [0, 5], metadata=meta(
+        nargs="+", type=int, min=0, help="model-interaction budgets (default 0 5)"))
+    repeats: int = option(1, min=1, help="agent runs per configuration")
+    n_texts: int | None = option(None, min=1, example=1000,
+                                 help="ADL reference texts per organism (default: ADL's own)")
+    mining_texts: int | None = option(
+        None, min=1, example=256, help="Diff Mining texts per organism (default: mining's own)")
+    max_turns: int = option(20, min=1, help="agent answers per run at most")
+    grade_repeats: int = option(3, min=1,
+                                help="independent LLM gradings averaged per hypothesis")
+    max_new_tokens: int = option(48, min=1, help="tokens per model answer")
+    n_boot: int = option(2000, min=1, help="bootstrap resamples of the confidence intervals")
+    seed: int = option(0, help="seed of the bootstrap")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from difflens.cli import add_model_args
-    from difflens.commands import add_llm_args
+    from difflens.cli_args import add_llm_args
 
     p = sub.add_parser(
         "eval", help="evaluate interpretability agents on organisms (seed 003's agent table)",
@@ -50,35 +81,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="registry names (default: all registered organisms)")
     p.add_argument("--agents", nargs="+", default=["adl", "mining", "blackbox"],
                    choices=["adl", "mining", "blackbox"])
-    p.add_argument("--budgets", nargs="+", type=int, default=[0, 5],
-                   help="model-interaction budgets (default 0 5)")
-    p.add_argument("--repeats", type=int, default=1, help="agent runs per configuration")
+    add_arguments(p, EvalSizes, only=("budgets", "repeats"))
     p.add_argument("--runs-root", default=None,
                    help="folder with <organism>/adl and <organism>/mining run directories "
                         "(default: OUT/methods)")
-    methods = p.add_argument_group("method-level evaluation")
+    methods = group(p, "method-level evaluation")
     methods.add_argument("--no-method-runs", dest="method_runs", action="store_false",
                          help="only read runs already under --runs-root; never start ADL / "
                               "Diff Mining")
-    methods.add_argument("--n-texts", type=int, default=None,
-                         help="ADL reference texts per organism (default: ADL's own)")
+    add_arguments(methods, EvalSizes, only=("n_texts",))
     methods.add_argument("--adl-skip", nargs="*", default=[], metavar="STAGE",
                          help="ADL stages to skip (patchscope, steering, relevance, similarity, "
                               "causal, report)")
-    methods.add_argument("--mining-texts", type=int, default=None,
-                         help="Diff Mining texts per organism (default: mining's own)")
+    add_arguments(methods, EvalSizes, only=("mining_texts",))
     methods.add_argument("--no-mining", dest="mining", action="store_false",
                          help="no Diff Mining runs")
     p.add_argument("--out", default="runs/eval", help="output folder (resumes if present)")
-    p.add_argument("--max-turns", type=int, default=20, help="agent answers per run at most")
+    add_arguments(p, EvalSizes, only=("max_turns",))
     p.add_argument("--protocol", default="auto", choices=["auto", "native", "text"],
                    help="tool protocol: native tool calls, plain text, or auto (fallback on 400)")
     p.add_argument("--agent-model", default=None, help="agent model (default: --llm-model)")
-    p.add_argument("--grade-repeats", type=int, default=3,
-                   help="independent LLM gradings averaged per hypothesis")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per model answer")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, EvalSizes, only=("grade_repeats", "max_new_tokens", "n_boot", "seed"))
     add_llm_args(p)
     add_model_args(p)
     p.set_defaults(handler=run)
@@ -88,17 +111,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from difflens.commands import llm_fields
+    from difflens.cli_args import llm_fields
     from difflens.evaluation.report import render_eval_report
     from difflens.evaluation.zoo import evaluate_zoo
     from difflens.evaluation.zoo_runs import ZooRunConfig, run_zoo
     from difflens.organisms.registry import get_organism, load_registry
 
+    # Everything that can be checked is checked before the method-level runs (minutes per
+    # organism): flags, devices, paths, the agents' settings and the endpoint itself.
+    validate(from_args(EvalSizes, args))
+    model_sources(args)
+    load_options(args)
+    check_path(args.out, "out_dir", "--out")
     registry = load_registry()
     names = list(args.organisms) or list(registry)
     for name in names:
         get_organism(name, registry)  # one-line error naming the known organisms
     runs_root = args.runs_root or str(Path(args.out) / "methods")
+    check_path(runs_root, "out_dir", "--runs-root")
+    agents = None
+    if args.llm_base_url and (args.agent_model or args.llm_model):
+        agents = _prepare_agents(args, names, runs_root)
     if args.method_runs:
         adl = {"skip": list(args.adl_skip), "device": args.device, "dtype": args.dtype,
                **({"n_texts": args.n_texts} if args.n_texts else {})}
@@ -111,35 +144,54 @@ def run(args: argparse.Namespace) -> int:
     zoo = evaluate_zoo(registry, names, runs_root, args.out)
     print(zoo["table"])
     summary: list = []
-    if args.llm_base_url and (args.agent_model or args.llm_model):
-        summary = _run_agents(args, names, runs_root)
+    failed = 0
+    if agents is not None:
+        report = _run_agents(args, runs_root, *agents)
+        summary = report["summary"]
+        failed = sum(row.get("status") == "error" for row in report["rows"])
+        total = len(report["rows"])
     else:
         print("no LLM endpoint (--llm-base-url, --llm-model): agents skipped, method-level "
               "evaluation only")
-    report = render_eval_report(args.out, summary, zoo)
-    print(f"wrote {args.out}/zoo.json, {args.out}/zoo.txt and {report}")
+    report_path = render_eval_report(args.out, summary, zoo)
+    print(f"wrote {args.out}/zoo.json, {args.out}/zoo.txt and {report_path}")
+    if failed:  # the work asked for was not all done: say so, and exit non-zero
+        print(f"difflens: error: {failed} of {total} agent runs failed (endpoint errors; see "
+              f"{args.out}/runs); run the same command again to retry only those",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def _run_agents(args: argparse.Namespace, names: list[str], runs_root: str) -> list:
-    from difflens.evaluation.harness import EvalConfig, run_eval
+def _prepare_agents(args: argparse.Namespace, names: list[str], runs_root: str) -> tuple:
+    """The evaluation config, agent LLM and grader, built (validated) and the endpoint probed
+    before any other work."""
+    from difflens.evaluation.harness import EvalConfig
     from difflens.graders import LLMGrader, OfflineGrader
-    from difflens.llm import LLMConfig
+    from difflens.llm import LLMClient, LLMConfig
 
     grader_llm = LLMConfig(base_url=args.llm_base_url, model=args.llm_model or args.agent_model,
                            api_key_env=args.llm_api_key_env)
     agent_llm = grader_llm.replace(model=args.agent_model or grader_llm.model)
-    grader = OfflineGrader() if args.offline else LLMGrader(grader_llm,
-                                                            score_repeats=args.grade_repeats)
     config = EvalConfig(out=args.out, organisms=names, agents=list(args.agents),
                         budgets=list(args.budgets), repeats=args.repeats,
                         runs_root=runs_root, max_turns=args.max_turns,
                         protocol=args.protocol, n_boot=args.n_boot, seed=args.seed)
+    LLMClient(agent_llm).check_reachable()  # an unreachable endpoint: one line, now
+    grader = OfflineGrader() if args.offline else LLMGrader(grader_llm,
+                                                            score_repeats=args.grade_repeats)
+    return config, agent_llm, grader
+
+
+def _run_agents(args: argparse.Namespace, runs_root: str, config: Any, agent_llm: Any,
+                grader: Any) -> dict:
+    from difflens.evaluation.harness import run_eval
+
     args.runs_root = runs_root
     report = run_eval(config, agent_llm, grader, _access_factory(args))
     print(report["table"])
     print(f"wrote {args.out}/eval.json and {args.out}/table.txt")
-    return report["summary"]
+    return report
 
 
 def _access_factory(args: argparse.Namespace) -> Any:
@@ -147,7 +199,6 @@ def _access_factory(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from difflens.agent import PairAccess
-    from difflens.cli import load_options
     from difflens.errors import DifflensError
     from difflens.models.pair import ModelPair
 

@@ -8,7 +8,8 @@ Layout of ``out``::
     table.txt                                          the summary table as text
 
 Finished runs (their JSON has a grade) are reused when the evaluation is run again, so an
-interrupted evaluation resumes where it stopped.
+interrupted evaluation resumes where it stopped; a run that failed (endpoint error) is saved
+without a grade, so the next evaluation retries it instead of counting the failure as a result.
 """
 
 from __future__ import annotations
@@ -152,5 +153,7 @@ def _one(path: Path, entry: OrganismEntry, agent: str, budget: int, rep: int, re
                                               entry.rubric))
     data = {**run.to_dict(), "organism": entry.name, "agent": agent, "repeat": rep,
             "grade": grade}
+    if run.status == "error":  # kept for inspection, without a grade: a rerun retries it
+        del data["grade"]
     write_json(path, data)
     return {**row, "status": run.status, "grade": grade}

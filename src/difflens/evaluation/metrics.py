@@ -6,34 +6,28 @@ whatever ``difflens adl`` / ``difflens mine`` stored (missing stages are simply 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+from difflens.io.artifacts import read_optional_json
 
 
 def adl_metrics(run_dir: Path | str) -> dict[str, Any]:
     """Token relevance per readout, steering similarity and causal ΔCE of an ADL run."""
     run = Path(run_dir)
     out: dict[str, Any] = {}
-    relevance = _load(run / "relevance.json") or {}
+    relevance = read_optional_json(run / "relevance.json") or {}
     if relevance.get("readouts"):
         out["token_relevance"] = {name: r.get("fraction")
                                   for name, r in relevance["readouts"].items()}
-    sim = _load(run / "similarity.json") or {}
+    sim = read_optional_json(run / "similarity.json") or {}
     if "steered_finetune" in sim:
         out["steering_similarity"] = {
             "steered_finetune": sim["steered_finetune"].get("mean"),
             "unsteered_finetune": (sim.get("unsteered_finetune") or {}).get("mean"),
             "p_value": sim.get("p_value"),
         }
-    causal = _load(run / "causal.json") or {}
+    causal = read_optional_json(run / "causal.json") or {}
     effects = {ds: causal[ds].get("delta_ce") for ds in ("finetune", "reference")
                if isinstance(causal.get(ds), dict)}
     if effects:
@@ -43,7 +37,7 @@ def adl_metrics(run_dir: Path | str) -> dict[str, Any]:
 
 def mining_metrics(run_dir: Path | str) -> dict[str, Any]:
     """Token relevance of a Diff Mining run (when it was graded)."""
-    relevance = _load(Path(run_dir) / "relevance.json") or {}
+    relevance = read_optional_json(Path(run_dir) / "relevance.json") or {}
     if "fraction" in relevance:
         return {"token_relevance": relevance["fraction"]}
     found = {k: v["fraction"] for k, v in relevance.items()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.io.artifacts import atomic_write_bytes
-from difflens.report.page import STYLE, token_table
+from difflens.report.blocks import STYLE, token_table
 from difflens.report.svg import bar_chart, interval_chart, line_chart
 
 READOUT_TITLES = {"adl_logit_lens": "ADL logit lens", "adl_patchscope": "ADL Patchscope",

@@ -53,7 +53,7 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
     if all([_finished(out / name, cfg, name) for name, cfg in configs.items()]):
         return {name: read_json(out / name / "summary.json") for name in configs}
 
-    from difflens.methods.adl.runner import run_adl
+    from difflens.api import run_adl
     from difflens.models.loading import LoadOptions
     from difflens.models.pair import ModelPair
 
@@ -62,9 +62,10 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
     summaries = {"adl": run_adl(configs["adl"], out / "adl", pair=pair, progress=progress)}
     if "mining" in configs:
         from difflens.graders import make_grader
+        from difflens.llm import llm_config_from_fields
         from difflens.methods.mining.runner import run_mining
 
-        grader = make_grader(_llm_config(config.llm))
+        grader = make_grader(llm_config_from_fields(config.llm))
         log.info("Diff Mining on %s", entry.name)
         summaries["mining"] = run_mining(configs["mining"], out / "mining", pair=pair,
                                          progress=progress, grader=grader,
@@ -79,17 +80,8 @@ def _finished(run_dir: Path, config: Any, kind: str) -> bool:
     loaded."""
     from difflens.io.artifacts import same_run
 
-    same_run(run_dir, config.to_dict(), kind)  # False only when there is no run.json
+    same_run(run_dir, config.identity(), kind)  # False only when there is no run.json
     return (run_dir / "summary.json").is_file()
-
-
-def _llm_config(llm: dict[str, Any]) -> Any:
-    if not llm.get("llm_base_url"):
-        return None
-    from difflens.llm import LLMConfig
-
-    return LLMConfig(base_url=llm["llm_base_url"], model=llm.get("llm_model") or "gpt-5-mini",
-                     api_key_env=llm.get("llm_api_key_env", "OPENAI_API_KEY"))
 
 
 HELD_OUT_STEM = "reference_held_out"

@@ -3,7 +3,10 @@
 Every file is written to a temporary sibling and ``os.replace``-d into place, so a run killed at
 any moment leaves either the previous complete file or none.  A stage is finished when its
 marker entry exists in ``stages.json``; re-running with the same configuration skips finished
-stages, and a run directory made with a different configuration is refused rather than mixed.
+stages, and a directory made with other settings is refused rather than mixed
+(:func:`check_same_settings`, the one such check: run directories, activation caches and
+dictionary training runs all use it).  :func:`read_optional_json` is the one reader of an
+artifact that may be absent.
 """
 
 from __future__ import annotations
@@ -59,23 +62,66 @@ def read_json(path: Path) -> Any:
         raise DifflensError(f"cannot read {path} ({exc}); delete it to recompute") from None
 
 
+def read_optional_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when there is no such file (a stage that did not run).
+
+    A file that exists but does not parse is an error (one line), never read as absent."""
+    return read_json(path) if Path(path).is_file() else None
+
+
 def write_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None):
     """Atomically write a safetensors file (tensors made contiguous and moved to CPU)."""
+    clean = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(path, safetensors_bytes(clean, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes with the metadata keys in sorted order.
+
+    The safetensors library writes metadata in hash-map order, which differs between
+    processes: the same run would give files differing in their header.  Here the header is
+    rebuilt with ``__metadata__`` sorted (tensor entries and data untouched), so equal tensors
+    and metadata give byte-identical files.  Keep timings out of ``metadata`` for the same
+    reason."""
     from safetensors.torch import save
 
-    clean = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=metadata))
+    blob = save(tensors)
+    if not metadata:
+        return blob
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8: 8 + size])
+    header = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}, **header}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
 
 
 def read_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file, verified first (one-line error)."""
     from safetensors import safe_open
 
-    from difflens.models.loading import verify_safetensors
-
     verify_safetensors(path)
     with safe_open(str(path), framework="pt") as fh:
         return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+
+
+def verify_safetensors(file: Path) -> None:
+    """Check that a safetensors file's header parses and its size matches; one-line error."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            if header_len <= 0 or header_len > size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(header_len))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        if 8 + header_len + end != size:
+            raise ValueError(f"expected {8 + header_len + end} bytes, found {size}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DifflensError(
+            f"{file} is not a valid safetensors file ({exc}); re-download or rebuild it"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -92,19 +138,44 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def check_same_settings(path: Path | str, recorded: dict[str, Any], current: dict[str, Any],
+                        what: str) -> None:
+    """Refuse a directory made with other settings: a one-line :class:`DifflensError` naming the
+    differing keys when ``recorded`` (read back from ``path``) differs from ``current``.
+
+    ``current`` is compared as it would be written to JSON (tuples are lists, paths strings);
+    ``what`` names what ``path`` holds instead, e.g. ``"a different adl"``.
+    """
+    current = json.loads(json.dumps(current, default=_json_default))
+    differ = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if differ:
+        raise DifflensError(f"{path} holds {what} (differs in: {', '.join(differ)}); "
+                            "choose another --out directory or delete it")
+
+
 def same_run(path: Path | str, config: dict[str, Any], kind: str) -> bool:
     """True when ``path`` holds a run of ``kind`` made with ``config``, False when it holds no
-    run; a run made with other arguments raises a one-line :class:`DifflensError`."""
+    run (or only a failed one, with nothing finished); a run made with other arguments raises a
+    one-line :class:`DifflensError`."""
     meta_path = Path(path) / "run.json"
     if not meta_path.exists():
         return False
     old = read_json(meta_path)
-    if old.get("config_hash") != config_hash(config) or old.get("kind") != kind:
-        raise DifflensError(
-            f"{path} holds a different {old.get('kind', 'run')} (other arguments); "
-            "choose another --out directory or delete it"
-        )
+    try:
+        check_same_settings(path, {"kind": old.get("kind"), **(old.get("config") or {})},
+                            {"kind": kind, **config}, f"a different {old.get('kind', 'run')}")
+    except DifflensError:
+        if holds_results(path):
+            raise
+        return False  # a run that failed before finishing anything: the rerun takes it over
     return True
+
+
+def holds_results(path: Path | str) -> bool:
+    """Whether a run directory holds anything finished (a stage marker or a summary)."""
+    stages = read_optional_json(Path(path) / "stages.json") or {}
+    return any(not name.startswith("_") for name in stages) or \
+        (Path(path) / "summary.json").exists()
 
 
 class RunDir:
@@ -128,7 +199,7 @@ class RunDir:
         return self.path / "stages.json"
 
     def finished(self) -> dict[str, Any]:
-        return read_json(self._stages_path) if self._stages_path.exists() else {}
+        return read_optional_json(self._stages_path) or {}
 
     def is_done(self, stage: str) -> bool:
         return stage in self.finished()

@@ -15,6 +15,7 @@ from difflens.llm.accounting import Accounting, Usage
 from difflens.llm.client import LLMClient
 from difflens.llm.config import LLMConfig
 from difflens.llm.errors import BudgetExceeded, LLMCallError, LLMError, LLMParseError
+from difflens.llm.flags import llm_config_from_fields
 from difflens.llm.types import ChatResult, Message, ToolCall
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "Message",
     "ToolCall",
     "Usage",
+    "llm_config_from_fields",
 ]

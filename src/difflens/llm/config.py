@@ -75,7 +75,7 @@ class LLMConfig:
             )
         if not self.model:
             raise DifflensError("LLM model name is empty; set --llm-model or DIFFLENS_LLM_MODEL")
-        if not _ENV_NAME.match(self.api_key_env) or self.api_key_env.lower().startswith("sk"):
+        if not _ENV_NAME.match(self.api_key_env) or _looks_like_key(self.api_key_env):
             # Never echo the value: a user may have pasted the key itself here.
             raise DifflensError(
                 "api_key_env must be the NAME of an environment variable holding the key "
@@ -164,6 +164,13 @@ def display_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _looks_like_key(name: str) -> bool:
+    """A pasted secret rather than a variable name: ``sk-...`` keys fail the name pattern
+    already; ``sk_live_...``-style keys are long and carry digits.  Names such as
+    ``SKY_API_KEY`` or ``sk_key`` are fine."""
+    return name.lower().startswith("sk_") and len(name) >= 20 and any(c.isdigit() for c in name)
 
 
 def _positive(value: float, name: str) -> None:

@@ -16,24 +16,54 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.io.artifacts import verify_safetensors
+from difflens.options import option
 
 EMBEDDED = "embedded"
 _DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (device_map='auto' for big models)"
+
+
+def check_device(device: str) -> None:
+    """One line unless ``device`` names a device this machine has (cpu, cuda[:N], mps, auto)."""
+    text = str(device)
+    if text in ("cpu", "auto"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?|mps", text):
+        raise DifflensError(f"unknown device {text!r}; use cpu, cuda, cuda:N, mps or auto "
+                            "(e.g. --device cpu)")
+    import torch
+
+    if text == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DifflensError("--device mps: no Apple GPU (MPS) is available on this machine; "
+                                "use --device cpu")
+        return
+    if not torch.cuda.is_available():
+        raise DifflensError(f"--device {text}: no GPU (CUDA) is visible on this machine; use "
+                            "--device cpu")
+    index = int(text.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise DifflensError(f"--device {text}: this machine has {torch.cuda.device_count()} "
+                            f"CUDA device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a model."""
+    """How to load a model (the model flags of every command that loads one)."""
 
-    dtype: str = "float32"  # one of float32, bfloat16, float16
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps", or "auto" (device_map="auto")
-    allow_pickle: bool = False  # accept .bin/.pt checkpoints (unsafe: pickle can run code)
-    trust_remote_code: bool = False  # run model code shipped with a hub repo
+    dtype: str = option("float32", choices=_DTYPES, help="dtype the models run in")
+    device: str = option("cpu", help=DEVICE_HELP, check=check_device)
+    allow_pickle: bool = option(
+        False, help="accept .bin/.pt checkpoints (pickle can run code: trusted files only)")
+    trust_remote_code: bool = option(False, help="allow models that ship their own Python code")
 
     def torch_dtype(self) -> Any:
         import torch
@@ -61,27 +91,23 @@ def check_safetensors_dir(path: Path, allow_pickle: bool, pattern: str = "model"
         verify_safetensors(file)
 
 
-def verify_safetensors(file: Path) -> None:
-    """Check that a safetensors file's header parses and its size matches; one-line error."""
+def read_config_json(path: Path, what: str) -> dict[str, Any]:
+    """A model-side JSON file (config.json, adapter_config.json, card.json) as a dict, or one
+    line naming the file."""
     try:
-        size = file.stat().st_size
-        with open(file, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            if header_len <= 0 or header_len > size - 8:
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(header_len))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                  default=0)
-        if 8 + header_len + end != size:
-            raise ValueError(f"expected {8 + header_len + end} bytes, found {size}")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise DifflensError(
-            f"{file} is not a valid safetensors file ({exc}); re-download or rebuild it"
-        ) from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DifflensError(f"{path} does not exist; is {path.parent} a {what}?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DifflensError(f"{path} is not valid JSON ({exc}); repair or re-create this "
+                            f"{what}") from None
+    if not isinstance(data, dict):
+        raise DifflensError(f"{path} is not a JSON object; repair or re-create this {what}")
+    return data
 
 
 def _check_remote_code(config_path: Path, trust_remote_code: bool) -> None:
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_config_json(config_path, "model directory")
     if config.get("auto_map") and not trust_remote_code:
         raise DifflensError(
             f"the model at {config_path.parent} needs its own Python code (auto_map in "
@@ -90,8 +116,55 @@ def _check_remote_code(config_path: Path, trust_remote_code: bool) -> None:
         )
 
 
+def check_gguf(path: Path) -> None:
+    """One line unless ``path`` is a complete GGUF file: the header parses and every tensor's
+    data lies inside the file (a truncated download otherwise fails deep in transformers)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # transformers will say what to install
+        return
+    try:
+        reader = GGUFReader(str(path))
+        size = path.stat().st_size
+        for tensor in reader.tensors:
+            if int(tensor.data_offset) + int(tensor.n_bytes) > size:
+                raise ValueError(f"tensor {tensor.name} ends past the end of the file")
+    except (ValueError, OSError, KeyError, IndexError, TypeError, AssertionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DifflensError(f"{path} is not a valid GGUF file ({first}); it may be truncated: "
+                            "re-download it") from None
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def check_model_source(source: str | os.PathLike | None) -> None:
+    """The cheap checks of a model source, before anything loads: the path exists and is of a
+    known kind, and its small JSON files (adapter_config.json, card.json) and GGUF header
+    parse."""
+    kind, location = resolve_source(source)
+    if kind == "adapter":
+        read_config_json(Path(location) / "adapter_config.json", "PEFT adapter directory")
+    elif kind == "organism":
+        read_config_json(Path(location) / "card.json", "organism directory")
+    elif kind == "dir":
+        read_config_json(Path(location) / "config.json", "model directory")
+    elif kind == "gguf":
+        check_gguf(Path(location))
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """The two models of a pair, as every command that loads one takes them."""
+
+    base: str | None = option(
+        None, check=check_model_source,
+        help="base model: 'embedded' (default), a model dir, a .gguf file or hub id")
+    finetuned: str | None = option(
+        None, check=check_model_source,
+        help="finetuned model: a PEFT adapter dir, organism dir, model dir, .gguf or hub id "
+             "(default: the shipped cake_bake organism)")
 
 
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, Path | str]:
@@ -126,7 +199,10 @@ def load_causal_lm(source: str | os.PathLike | None, options: LoadOptions) -> tu
     ``device="auto"`` passes ``device_map="auto"`` through to transformers (accelerate), for
     models larger than one device.
     """
+    check_device(options.device)  # before any weights are read
     kind, location = resolve_source(source)
+    if kind == "gguf":
+        check_gguf(Path(location))
     if kind == "embedded":
         from difflens.models.embedded import embedded_base_dir
 

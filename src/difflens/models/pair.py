@@ -6,7 +6,6 @@ adapter-wrapped model and the base pass runs the same module with the adapter di
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -22,6 +21,7 @@ from difflens.models.loading import (
     LoadOptions,
     check_safetensors_dir,
     load_causal_lm,
+    read_config_json,
     resolve_source,
 )
 
@@ -162,7 +162,7 @@ def check_compatible(tok_a: Any, tok_b: Any, model_a: Any, model_b: Any) -> None
 
 
 def _open_organism(path: Path) -> tuple[dict, str, Path]:
-    card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+    card = read_config_json(path / "card.json", "organism directory")
     for sub, kind in (("adapter", "adapter"), ("model", "dir")):
         if (path / sub).is_dir():
             return card, kind, path / sub
@@ -173,7 +173,7 @@ def _open_organism(path: Path) -> tuple[dict, str, Path]:
 
 
 def _adapter_base(adapter_dir: Path) -> str:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_config_json(adapter_dir / "adapter_config.json", "PEFT adapter directory")
     base = config.get("base_model_name_or_path") or EMBEDDED
     # The embedded model *is* google/gemma-3-270m: map the hub id to it so it loads offline.
     return EMBEDDED if base == EMBEDDED_BASE_ID else base

@@ -133,7 +133,11 @@ class OrganismCard:
                 f"{where} has format_version {version}, newer than this difflens understands "
                 f"({FORMAT_VERSION}); upgrade difflens"
             )
-        return cls(**values)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:  # a field of the wrong type
+            raise DifflensError(f"{where} has a malformed field ({exc}); rebuild the organism "
+                                "with `difflens organism build` or fix the field") from None
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``card.json`` into ``directory`` atomically (tmp file + ``os.replace``)."""

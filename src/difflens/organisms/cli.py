@@ -110,10 +110,17 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``organism`` command; returns the exit status."""
+    from difflens.models.loading import check_device
+    from difflens.options import check_path
     from difflens.organisms.builder import build_organism
 
     if getattr(args, "organism_command", None) != "build":
         raise DifflensError("unknown organism command; use `difflens organism build --help`")
+    check_device(args.device)  # before the base model loads
+    check_path(args.out, "out_dir", "--out")
+    if args.max_length < 2:  # the other sizes are checked by BuildConfig
+        raise DifflensError(f"max_length must be >= 2, got {args.max_length} (e.g. "
+                            "--max-length 256)")
     out = build_organism(config_from_args(args))
     print(out)
     return 0
@@ -121,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m difflens.organisms.cli organism build ...``."""
-    parser = argparse.ArgumentParser(prog="python -m difflens.organisms.cli")
+    from difflens.cli_args import ArgumentParser  # one-line usage errors
+
+    parser = ArgumentParser(prog="python -m difflens.organisms.cli")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     add_parser(subparsers)

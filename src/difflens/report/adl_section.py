@@ -7,22 +7,23 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from difflens.report.page import read_optional, token_table
+from difflens.io.artifacts import read_optional_json
+from difflens.report.blocks import token_table
 from difflens.report.svg import interval_chart, line_chart, strip_chart
 
 
 def render_adl(run: Path) -> str:
-    summary = read_optional(run, "summary.json") or {}
-    lens = read_optional(run, "logit_lens.json")
+    summary = read_optional_json(run / "summary.json") or {}
+    lens = read_optional_json(run / "logit_lens.json")
     parts = [_overview(summary)]
     if lens:
         parts.append(_norms(lens))
         parts.append(_lens_tables(lens, str(summary.get("layer", "")),
-                                  set(_relevant(read_optional(run, "relevance.json")))))
+                                  set(_relevant(read_optional_json(run / "relevance.json")))))
     for name, renderer in (("patchscope.json", _patchscope), ("relevance.json", _relevance),
                            ("steering.json", _steering), ("similarity.json", _similarity),
                            ("causal.json", _causal)):
-        data = read_optional(run, name)
+        data = read_optional_json(run / name)
         if data is not None:
             parts.append(renderer(data))
     return "\n".join(parts)

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from difflens.collect import layer_activations
+from difflens.data.padding import pad_id, pad_rows
 from difflens.data.tokenize import encode
 from difflens.errors import DifflensError
+from difflens.models.device import is_gpu
 from difflens.models.hooks import (
     StopForward,
     capture,
@@ -116,15 +118,7 @@ def token_batch(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[Any,
     rows = sorted((r for r in rows if len(r) >= 2), key=len, reverse=True)
     if not rows:
         raise DifflensError("no text has two tokens or more; the causal test needs real text")
-    pad = tokenizer.pad_token_id
-    pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
-    width = len(rows[0])
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return tokens, mask
+    return pad_rows(rows, pad_id(tokenizer))
 
 
 # --------------------------------------------------------------------------- hooks and CE
@@ -364,8 +358,7 @@ def causal_stage(
             "there is nothing to test"
         )
     if n_texts is None:
-        on_gpu = torch.device(pair.device).type != "cpu"
-        n_texts = DEFAULT_N_TEXTS_GPU if on_gpu else DEFAULT_N_TEXTS_CPU
+        n_texts = DEFAULT_N_TEXTS_GPU if is_gpu(pair.device) else DEFAULT_N_TEXTS_CPU
     if n_texts < 1:
         raise DifflensError(f"n_texts must be at least 1, got {n_texts}")
     gen = torch.Generator().manual_seed(seed)

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from difflens.data.tokenize import decode_tokens
 from difflens.methods.adl.collect_stage import DiffCollection
-from difflens.methods.adl.lens import decode_tokens, logit_lens
+from difflens.models.lens import logit_lens
 
 if TYPE_CHECKING:
     from difflens.models.pair import ModelPair

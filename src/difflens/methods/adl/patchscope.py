@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from difflens.methods.adl.generation import left_padded
-from difflens.methods.adl.lens import decode_tokens
+from difflens.data.padding import left_padded
+from difflens.data.tokenize import decode_tokens
 from difflens.models.hooks import capture, run_forward
 from difflens.models.pair import FT
 

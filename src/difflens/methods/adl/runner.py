@@ -1,8 +1,10 @@
 """The ADL runner: stages over a run directory, each reused when already finished.
 
-collect → logit_lens → patchscope → steering → relevance → similarity → causal → report.
-Each stage's result is a JSON (or safetensors) artifact; a finished stage is never recomputed
-for the same configuration, so an interrupted run resumes where it stopped.
+collect → logit_lens → patchscope → steering → relevance → similarity → causal, then the
+summary.  Each stage's result is a JSON (or safetensors) artifact; a finished stage is never
+recomputed for the same configuration, so an interrupted run resumes where it stopped.  The
+report (the last of :data:`STAGES`, skippable like the others) is rendered by the layer above
+(:func:`difflens.api.run_adl`), not here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
 from difflens.methods.adl.collect_stage import DiffCollection, collect
-from difflens.methods.adl.config import ADLConfig
+from difflens.methods.adl.config import ADLConfig, resolve_defaults
 from difflens.methods.adl.layer_choice import LayerChoice, choose_layer, user_layer
 from difflens.methods.adl.lens_stage import lens_readouts
+from difflens.models.device import is_gpu
 from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
 
@@ -28,7 +31,7 @@ STAGES = ("patchscope", "steering", "relevance", "similarity", "causal", "report
 
 
 def default_run_dir(config: ADLConfig) -> Path:
-    return Path("runs") / f"adl-{config_hash(config.to_dict())}"
+    return Path("runs") / f"adl-{config_hash(config.identity())}"
 
 
 def readout_layer(pair: ModelPair, config: ADLConfig,
@@ -50,14 +53,12 @@ def readout_layer(pair: ModelPair, config: ADLConfig,
 def make_adl_grader(pair: ModelPair, config: ADLConfig) -> Any:
     """LLM grader when an endpoint is configured (probed now: fails fast), else offline."""
     from difflens.graders import make_grader
+    from difflens.llm import llm_config_from_fields
 
-    if config.llm_base_url:
-        from difflens.llm import LLMConfig
-
-        llm = LLMConfig(base_url=config.llm_base_url, model=config.llm_model or "gpt-5-mini",
-                        api_key_env=config.llm_api_key_env)
+    llm = llm_config_from_fields(config.to_dict())
+    if llm is not None:
         return make_grader(llm, check_reachable=True)
-    from difflens.methods.adl.generation import base_perplexity
+    from difflens.models.generation import base_perplexity
 
     return make_grader(None, perplexity=base_perplexity(pair))
 
@@ -78,6 +79,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     if unknown:
         raise DifflensError(f"unknown stage(s) to skip: {', '.join(sorted(unknown))}; "
                             f"choose from {', '.join(STAGES)}")
+    config.validate()  # every flag's range, choice and path before any model loads
     if pair is None:
         pair = ModelPair.load(config.base, config.finetuned,
                               LoadOptions(dtype=config.dtype, device=config.device))
@@ -85,14 +87,18 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         readout_layer(pair, config)  # a bad --layer fails before any work
     pair.resolve_layers(list(config.layers))  # the same for --layers
     grader = make_adl_grader(pair, config) if set(STAGES[:3]) - set(config.skip) else None
-    run = RunDir(out or default_run_dir(config), config.to_dict(), kind="adl")
+    gpu = is_gpu(pair.device)
+    sizes = resolve_defaults(config, gpu)  # device-dependent defaults, decided in one place
+    # The inputs are read before the run directory records this config: a bad corpus or
+    # document file leaves nothing that would block the corrected rerun.
+    reference = load_texts(config.corpus, limit=sizes.n_texts)
+    ft_texts = finetune_documents(pair, config)
+    run = RunDir(out or default_run_dir(config), config.identity(), kind="adl")
     timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
     # Every layer is read in the one collection pass: the readout layer is chosen from them
     # (layer_choice.py), and the report shows them all.  Going to full depth instead of the
     # old 0.75 costs the forward of the last layers only (README, "Readout layer").
     sweep = list(range(pair.num_layers))
-    n_texts = config.n_texts or (10_000 if str(pair.device).startswith("cuda") else 2_000)
-    reference = load_texts(config.corpus, limit=n_texts)
 
     def timed(name: str, compute: Any) -> Any:
         def wrapped() -> Any:
@@ -130,8 +136,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         pair, vector, layer, norm_ft, grader, top=config.top))
     # Generation through a 262k-token head dominates ADL on CPU: 32 new tokens (~25 words) are
     # enough to judge coherence and to embed; GPUs get 64.
-    gpu = str(pair.device).startswith("cuda")
-    new_tokens = config.max_new_tokens or (64 if gpu else 32)
+    new_tokens = sizes.max_new_tokens
     # The search judges each strength on 8 prompts: with 4, one sample moves the coherent share
     # by 25 points and a strength whose samples half-degenerate ("cake cake cake ...") passed
     # at exactly 3/4 on some organisms.  On CPU it stops at a 0.125 ν_ft bracket (4 decisions),
@@ -148,7 +153,6 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     steer = json_stage("steering", lambda: steering_stage(
         pair, vector, layer, norm_ft, grader, chat_prompts(), steering_config))
 
-    ft_texts = finetune_documents(pair, config)
     description = config.description or pair.description
     relevance = json_stage("relevance", lambda: _relevance(
         info, patch, description, grader, ft_texts, reference))
@@ -179,18 +183,12 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         # to separate δ̄ from unit random directions), on GPU 128 × 64.
         json_stage("causal", lambda: causal_stage(
             pair, vector, layer, ft_texts, reference, n_random=config.n_random,
-            n_texts=config.causal_texts or (128 if gpu else 16),
-            max_tokens=config.causal_tokens or (64 if gpu else 32),
+            n_texts=sizes.causal_texts, max_tokens=sizes.causal_tokens,
             seed=config.seed, progress=progress))
     run.mark_done("_timings", {"seconds": timings})
     summary = _summary(run, pair, config, choice, diff, lens, patch, steer, relevance,
                        description, notes, timings)
     write_json(run.path / "summary.json", summary)
-    if "report" not in config.skip:
-        from difflens.report.page import render_report
-
-        summary["report"] = str(render_report(run.path))
-        write_json(run.path / "summary.json", summary)
     return summary
 
 

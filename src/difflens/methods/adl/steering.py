@@ -8,12 +8,12 @@ The search bisects ``[0, α_max]`` for ``steps = ceil(log2(α_max / tolerance))`
 sequential form generates one strength per decision.  The batched form looks ``lookahead``
 decisions ahead: it generates all ``2^lookahead − 1`` midpoints the next decisions could need in
 ONE batch, then replays the sequential decisions from that table.  Generation rows are
-independent of their batch (see :mod:`generation`), so both forms evaluate identical samples at
-identical strengths and make identical decisions; the batched one needs ``lookahead`` times
-fewer rounds at the price of some speculative strengths.  Speculative strengths are generated
-but, with a local grader, graded only when a decision needs them (grading costs a base-model
-pass per sample on CPU); with an LLM grader every strength of a round is graded in one wave of
-concurrent requests, trading tokens for round trips.
+independent of their batch (see :mod:`difflens.models.generation`), so both forms evaluate
+identical samples at identical strengths and make identical decisions; the batched one needs
+``lookahead`` times fewer rounds at the price of some speculative strengths.  Speculative
+strengths are generated but, with a local grader, graded only when a decision needs them
+(grading costs a base-model pass per sample on CPU); with an LLM grader every strength of a
+round is graded in one wave of concurrent requests, trading tokens for round trips.
 
 Bisection assumes coherence falls with α.  When it does not, the result is still a strength
 that passed with a failing one ≤ tolerance above it, not necessarily the largest such.
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from difflens.data.chat import chat_prompt
-from difflens.methods.adl.generation import SamplingConfig, Steer, generate
 from difflens.methods.adl.patchscope import unit_scaled
+from difflens.models.generation import SamplingConfig, Steer, generate
 from difflens.models.pair import BASE
 
 if TYPE_CHECKING:

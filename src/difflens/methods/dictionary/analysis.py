@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from difflens.errors import DifflensError
+from difflens.methods.dictionary.config import AnalysisConfig
 from difflens.methods.dictionary.dictionary import FT, SparseDictionary
 from difflens.methods.dictionary.latent_scaling import LatentScaling
 from difflens.methods.dictionary.metrics import (
@@ -47,27 +47,6 @@ class TopRows(NamedTuple):
     val: Tensor  # float32 activation (normalised units)
     shard: Tensor  # int64 shard index
     row: Tensor  # int64 row within the shard
-
-
-@dataclass
-class AnalysisConfig:
-    """What ``difflens analyze`` computes."""
-
-    top_contexts: int = 10  # max-activating contexts kept per latent
-    window: tuple[int, int] = (12, 4)  # tokens shown before / after the activating token
-    max_latents: int = 30  # latents shown in detail (contexts, logit lens) per group
-    min_scaled: int = 10  # if fewer ft-only latents, add the lowest-Δ_norm live ones
-    max_scaled: int = 512  # cap on ft-only latents that get Latent Scaling
-    seed: int = 0  # seed of the random control latents
-    lens_tokens: int = 10  # top logit-lens tokens per latent
-    steer_latents: int = 3  # latents steered along
-    steer_alphas: tuple[float, ...] = (0.1, 0.25)  # strengths, x the mean ft activation norm
-    steer_prompts: int = 2  # neutral chat prompts per strength
-    max_new_tokens: int = 32
-    skip: list[str] = field(default_factory=list)  # stages to skip: lens, steering
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "skip"}
 
 
 def _is_crosscoder(dictionary: SparseDictionary) -> bool:
@@ -332,14 +311,21 @@ def analyze(dictionary_dir: str | Path, out: str | Path | None = None, *,
     """
     from tqdm.auto import tqdm
 
-    from difflens.io.artifacts import RunDir, read_json, read_tensors, write_json, write_tensors
+    from difflens.io.artifacts import (
+        RunDir,
+        read_json,
+        read_optional_json,
+        read_tensors,
+        write_json,
+        write_tensors,
+    )
     from difflens.methods.dictionary.cache import ActivationCache, sha256_hex
     from difflens.methods.dictionary.crosscoder import load_dictionary
     from difflens.methods.dictionary.runner import TRAINING_FILE, logit_lens, steer
 
     config = config or AnalysisConfig()
     source = Path(dictionary_dir)
-    training = read_json(source / TRAINING_FILE) if (source / TRAINING_FILE).is_file() else {}
+    training = read_optional_json(source / TRAINING_FILE) or {}
     weights = source / "dictionary" if (source / "dictionary").is_dir() else source
     dictionary = load_dictionary(weights, device)
     if cache is None and "cache" not in training:

@@ -208,6 +208,12 @@ class ActivationCache:
                 return layers[0]
             raise DifflensError(f"the cache {self.path} holds layers "
                                 f"{', '.join(map(str, layers))}; choose one with --layer")
+        in_range = 0.0 <= layer <= 1.0 if isinstance(layer, float) else -n <= int(layer) < n
+        if not in_range:  # never wrap round to another layer
+            raise DifflensError(
+                f"layer {layer} is out of range: the models of {self.path} have {n} layers; "
+                f"use an index in [-{n}, {n - 1}] or a relative depth in [0, 1] (cached: "
+                f"{', '.join(map(str, layers))})")
         index = round(layer * (n - 1)) if isinstance(layer, float) else int(layer) % n
         if index not in layers:
             raise DifflensError(

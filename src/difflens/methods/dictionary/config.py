@@ -9,12 +9,32 @@ default is what it is.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
+from difflens.data.corpus import check_corpus_source
 from difflens.errors import DifflensError
+from difflens.models.loading import check_device
+from difflens.options import LAYER, meta, option, validate
 
 Sparsity = Literal["batchtopk", "l1"]
+WIDTH_PER_D = 8  # latents per activation dimension when no width is given
+CACHE_DTYPES = ("float32", "bfloat16")
+
+
+def check_cache_dir(value: str) -> None:
+    """A cache path must at least be a directory (its manifest is checked when it opens)."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        why = "a file" if path.exists() else "no such directory"
+        raise DifflensError(f"{path} is not an activation cache ({why}); pass the --out "
+                            "directory of `difflens cache`")
+
+
+def default_width(d_in: int) -> int:
+    """The dictionary width when none is given: 8 × d (the low end of the usual 8-32 × d)."""
+    return WIDTH_PER_D * d_in
 
 
 @dataclass
@@ -175,6 +195,139 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`."""
         return _from_dict(cls, data)
+
+
+@dataclass
+class CacheConfig:
+    """What ``difflens cache`` stores; every field except ``batch_size`` is part of the cache's
+    identity.  The fields are also the command's flags."""
+
+    corpus: str = option("reference", check=check_corpus_source,
+                         help="text: 'reference' (shipped), .txt/.jsonl/.parquet, hf:NAME")
+    n_texts: int | None = option(None, min=1, example=1000, help="texts to read (default: all)")
+    max_tokens: int = option(128, min=2, help="tokens per text, BOS included (default 128)")
+    layers: list[int | float] = field(default_factory=lambda: [0.75], metadata=meta(
+        flag="--layer", type=LAYER, nargs="+",
+        help="layer(s): index or relative depth (default 0.75)"))
+    dtype: str = option("float32", choices=CACHE_DTYPES,
+                        help="storage dtype of the activations (bfloat16 halves the disk)")
+    keep_bos: bool = option(False, help="also cache the BOS position (left out by default: "
+                                        "outlier norms)")
+    min_position: int = option(0, min=0, help="cache positions >= this only (default 0: all)")
+    tokens_per_shard: int = option(1 << 15, min=1, help="rows per shard file (default 32768)")
+    batch_size: int = option(16, min=1, help="texts per forward (default 16)")
+
+    def validate(self) -> None:
+        validate(self)
+        if self.min_position >= self.max_tokens:
+            raise DifflensError(f"min_position ({self.min_position}) must be below max_tokens "
+                                f"({self.max_tokens}); lower --min-position or raise "
+                                "--max-tokens")
+
+
+@dataclass
+class TrainRunConfig:
+    """``difflens train crosscoder|diff-sae``: the flags, resolved into the dictionary, training
+    and reading configs by :meth:`resolve` (the one place the derived defaults live)."""
+
+    cache: str = option(None, required=True, check=check_cache_dir,
+                        help="activation cache (difflens cache --out)")
+    layer: int | float | None = option(None, type=LAYER,
+                                       help="layer of the cache (needed when it holds several)")
+    base: str | None = option(None, help="if given, must be the cache's base model")
+    finetuned: str | None = option(None, help="if given, must be the cache's finetuned model")
+    width: int | None = option(None, min=1, example=4096,
+                               help=f"latents (default {WIDTH_PER_D} x d)")
+    k: int = option(100, min=1, help="BatchTopK: active latents per token")
+    sparsity: str = option("batchtopk", choices=("batchtopk", "l1"), help="sparsity penalty")
+    l1_coef: float = option(1.0, min=0, help="L1: penalty coefficient")
+    threshold_decay: float | None = option(
+        None, min=0, max=1, max_open=True, example=0.999,
+        help="BatchTopK: EMA decay of the inference threshold (default min(0.999, 1 - 20 / "
+             "steps): it follows the last ~5%% of the run)")
+    steps: int = option(10_000, min=1, help="optimiser steps")
+    lr: float | None = option(None, min=0, min_open=True, example=2e-4,
+                              help="Adam learning rate (default 2e-4 / sqrt(width / 16384))")
+    batch_size: int = option(4096, min=1, help="tokens per step")
+    warmup_steps: int | None = option(None, min=0, example=100,
+                                      help="linear warm-up (default min(1000, steps / 20))")
+    seed: int = option(0, help="initialisation and shuffle seed")
+    device: str = option("cpu", check=check_device, help="cpu, cuda, cuda:N")
+    val_fraction: float = option(0.1, min=0, max=1, min_open=True, max_open=True,
+                                 help="share of texts held out for validation (default 0.1)")
+    buffer_rows: int = option(1 << 16, min=1, help="shuffle buffer in tokens (default 65536)")
+    checkpoint_every: int = option(1000, min=0, help="checkpoint every this many steps (0: "
+                                                     "only at the end)")
+    out: str = option(None, required=True, path="out_dir", help="output directory")
+    progress: bool = option(True, flag="--quiet", help="no progress bar")
+
+    def validate(self) -> None:
+        validate(self)
+
+    def resolve(self) -> tuple[dict[str, Any], TrainConfig, dict[str, Any]]:
+        """``(dictionary fields without d_in/width-if-unset, TrainConfig, read fields)``.
+
+        The width default (8 × d) needs the cache's d: :func:`default_width`, applied by
+        ``train_on_cache`` when ``width`` is absent."""
+        warmup = self.warmup_steps if self.warmup_steps is not None \
+            else min(1000, self.steps // 20)
+        train = TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                            warmup_steps=warmup, checkpoint_every=self.checkpoint_every,
+                            device=self.device, progress=self.progress)
+        decay = self.threshold_decay
+        if decay is None:  # an EMA slower than the run would leave θ at its untrained value
+            decay = min(0.999, max(0.0, 1 - 20 / self.steps))
+        dictionary: dict[str, Any] = {"k": self.k, "sparsity": self.sparsity,
+                                      "l1_coef": self.l1_coef, "seed": self.seed,
+                                      "threshold_decay": decay}
+        if self.width is not None:
+            dictionary["width"] = self.width
+        read = {"val_fraction": self.val_fraction, "shuffle_seed": self.seed,
+                "buffer_rows": self.buffer_rows}
+        return dictionary, train, read
+
+
+@dataclass
+class AnalyzeTarget:
+    """The ``difflens analyze`` flags that say what to read and where to write."""
+
+    cache: str | None = option(None, check=check_cache_dir,
+                               help="activation cache (default: the training one)")
+    layer: int | float | None = option(None, type=LAYER, help="default: the training layer")
+    out: str | None = option(None, path="out_dir",
+                             help="run directory (default DICTIONARY/analysis)")
+
+
+@dataclass
+class AnalysisConfig:
+    """What ``difflens analyze`` computes (the fields with a flag are the command's)."""
+
+    top_contexts: int = option(10, min=1, help="contexts per latent")
+    window: tuple[int, int] = option((12, 4), cli=False, type=int, nargs="2",
+                                     help="tokens shown before / after the activating token")
+    max_latents: int = option(30, min=1, help="latents read out in detail per group "
+                                              "(default 30)")
+    min_scaled: int = option(10, min=0, cli=False,
+                             help="if fewer ft-only latents, add the lowest-Δ_norm live ones")
+    max_scaled: int = option(512, min=1, cli=False,
+                             help="cap on ft-only latents that get Latent Scaling")
+    seed: int = option(0, cli=False, help="seed of the random control latents")
+    lens_tokens: int = option(10, min=1, cli=False, help="top logit-lens tokens per latent")
+    steer_latents: int = option(3, min=0, help="latents to steer along")
+    steer_alphas: tuple[float, ...] = option(
+        (0.1, 0.25), nargs="+", type=float,
+        help="steering strengths in units of the mean ft activation norm at the layer "
+             "(default 0.1 0.25: on gemma-3-270m 0.25 is on topic, 0.5 repeats)")
+    steer_prompts: int = option(2, min=1, help="chat prompts per strength")
+    max_new_tokens: int = option(32, min=1, help="tokens per steered sample")
+    skip: list[str] = field(default_factory=list, metadata=meta(
+        nargs="*", choices=("lens", "steering"), help="readouts to skip: lens steering"))
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "skip"}
+
+    def validate(self) -> None:
+        validate(self)
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:

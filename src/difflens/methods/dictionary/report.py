@@ -8,13 +8,13 @@ generations, prompts) goes through :func:`html.escape`.
 
 from __future__ import annotations
 
-import json
 import math
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.io.artifacts import read_optional_json
 
 _TAG_COLORS = {"ft_only": "#dc3912", "base_only": "#3366cc", "shared": "#109618",
                "other": "#999999"}
@@ -27,11 +27,6 @@ _SORT_SCRIPT = (
     "if(isNaN(a)||isNaN(c)){if(isNaN(a)!==isNaN(c))return isNaN(a)?1:-1;"
     "return d*String(p).localeCompare(String(q));}return d*(a-c);});"
     "r.forEach(function(e){b.appendChild(e);});});});});})();</script>")
-
-
-def _load(run: Path, name: str) -> Any:
-    path = run / name
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _token(text: str) -> str:
@@ -174,13 +169,14 @@ def _details(latent: str, row: dict[str, Any], contexts: list[dict[str, Any]],
 def render_section(run_dir: str | Path, max_details: int = 20) -> str:
     """HTML fragment for a ``difflens analyze`` run directory."""
     run = Path(run_dir)
-    metrics, rows = _load(run, "metrics.json"), _load(run, "latents.json")
+    metrics = read_optional_json(run / "metrics.json")
+    rows = read_optional_json(run / "latents.json")
     if metrics is None or rows is None:
         raise DifflensError(f"{run} has no dictionary analysis (metrics.json, latents.json); "
                             "run `difflens analyze` first")
-    contexts = (_load(run, "contexts.json") or {}).get("latents", {})
-    lens = _load(run, "lens.json")
-    steering = _load(run, "steering.json") or {}
+    contexts = (read_optional_json(run / "contexts.json") or {}).get("latents", {})
+    lens = read_optional_json(run / "lens.json")
+    steering = read_optional_json(run / "steering.json") or {}
     crosscoder = "tags" in metrics
     title = "Crosscoder" if crosscoder else "diff-SAE"
     parts = [f"<h2>{title} analysis</h2>", _metrics(metrics)]

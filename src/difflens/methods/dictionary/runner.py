@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,13 @@ import torch
 from torch import Tensor
 
 from difflens.errors import DifflensError
-from difflens.io.artifacts import atomic_write_bytes, read_json, write_json
+from difflens.io.artifacts import (
+    atomic_write_bytes,
+    check_same_settings,
+    read_json,
+    read_optional_json,
+    write_json,
+)
 from difflens.methods.dictionary.cache import (
     DTYPES,
     FORMAT,
@@ -35,7 +41,12 @@ from difflens.methods.dictionary.cache import (
     sha256_hex,
     shard_files,
 )
-from difflens.methods.dictionary.config import DictionaryConfig, TrainConfig
+from difflens.methods.dictionary.config import (
+    CacheConfig,
+    DictionaryConfig,
+    TrainConfig,
+    default_width,
+)
 
 if TYPE_CHECKING:
     from difflens.methods.dictionary.train import TrainResult
@@ -46,32 +57,6 @@ TRAIN_LOG_FILE = "train_log.json"
 
 
 # ---- building the cache ---------------------------------------------------------------------
-@dataclass
-class CacheConfig:
-    """What to cache; every field except ``batch_size`` is part of the cache's identity."""
-
-    corpus: str = "reference"  # 'reference' (shipped), .txt/.jsonl/.parquet, hf:NAME
-    n_texts: int | None = None  # texts to read (None: all)
-    max_tokens: int = 128  # each text is cut to this many tokens (BOS included)
-    layers: list[int | float] = field(default_factory=lambda: [0.75])  # indices / depths
-    dtype: str = "float32"  # storage dtype: float32 or bfloat16 (half the disk, ~3 digits)
-    keep_bos: bool = False  # BOS activations have outlier norms: left out unless asked
-    min_position: int = 0  # cache positions >= this only (e.g. 5 skips the attention sink)
-    tokens_per_shard: int = 1 << 15  # rows per shard (whole sequences: a shard may exceed it)
-    batch_size: int = 16  # texts per forward; not part of the identity
-
-    def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise DifflensError(f"unknown cache dtype {self.dtype!r}; use float32 or bfloat16")
-        for name in ("max_tokens", "tokens_per_shard", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DifflensError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.min_position < 0 or self.min_position >= self.max_tokens:
-            raise DifflensError("--min-position must be in [0, --max-tokens)")
-        if self.n_texts is not None and self.n_texts < 1:
-            raise DifflensError("--n-texts must be >= 1")
-
-
 class CacheWriter:
     """Writes shards in order and the manifest after each; resumes a matching partial cache.
 
@@ -82,18 +67,14 @@ class CacheWriter:
 
     def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
         self.path = Path(path)
-        self.header = json.loads(json.dumps(header))  # tuples -> lists, for comparison
+        self.header = json.loads(json.dumps(header))  # tuples -> lists, as written
         self.dtype = DTYPES[header["dtype"]]
         manifest_path = self.path / MANIFEST
         if manifest_path.exists():
             old = read_json(manifest_path)
-            old_header = old.get("header") or {}
-            if old.get("format") != FORMAT or old_header != self.header:
-                diff = sorted(k for k in set(self.header) | set(old_header)
-                              if old_header.get(k) != self.header.get(k))
-                raise DifflensError(
-                    f"{self.path} holds a different activation cache (differs in: "
-                    f"{', '.join(diff) or 'format'}); choose another --out or delete it")
+            recorded = {"format": old.get("format"), **(old.get("header") or {})}
+            check_same_settings(self.path, recorded, {"format": FORMAT, **self.header},
+                                "a different activation cache")
             self.entries: list[dict[str, Any]] = old["shards"]
             self.stats = {int(k): RunningStats.from_json(v) for k, v in old["stats"].items()}
             self._check_finished()
@@ -197,22 +178,17 @@ def shard_activations(pair: ModelPair, seqs: list[Sequence], layers: list[int],
     masked out and never stored.
     """
     from difflens.collect import layer_activations
+    from difflens.data.padding import pad_id, pad_rows
     from difflens.models.pair import BASE, FT
 
     d = pair.arch(FT).hidden_size
     n_rows = sum(s.end - s.start for s in seqs)
     acts = {layer: torch.empty(n_rows, 2, d) for layer in layers}
-    pad = pair.tokenizer.pad_token_id
-    pad = int(pad if pad is not None else (pair.tokenizer.eos_token_id or 0))
+    pad = pad_id(pair.tokenizer)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].tokens))
     for lo in range(0, len(order), batch_size):
         batch = [seqs[i] for i in order[lo: lo + batch_size]]
-        width = max(len(s.tokens) for s in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, s in enumerate(batch):
-            ids[row, : len(s.tokens)] = torch.tensor(s.tokens)
-            mask[row, : len(s.tokens)] = 1
+        ids, mask = pad_rows([s.tokens for s in batch], pad)
         full = bool(mask.all())  # no padding: let attention take its unmasked fast path
         for m, side in enumerate((BASE, FT)):
             out = layer_activations(pair, side, ids, layers, None if full else mask)
@@ -296,7 +272,8 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
                    base: str | None = None, finetuned: str | None = None) -> TrainResult:
     """Train a ``"crosscoder"`` or ``"diff_sae"`` on the train split of a cache into ``out``.
 
-    ``dictionary``: :class:`DictionaryConfig` fields except ``d_in`` (taken from the cache).
+    ``dictionary``: :class:`DictionaryConfig` fields except ``d_in`` (taken from the cache);
+    without ``width``, 8 × d (:func:`~difflens.methods.dictionary.config.default_width`).
     ``base``/``finetuned``/``layer``, when given, must match the cache (one-line error).  The
     normalisation scales and the initial decoder bias (the mean) come from the cache's
     statistics over all its rows.  An interrupted run resumes from its last checkpoint when
@@ -311,7 +288,9 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
     cache = ActivationCache(cache_dir)
     check_cache_matches(cache, base, finetuned, layer)
     layer = cache.resolve_layer(layer)
-    config = DictionaryConfig(d_in=cache.d_model, **dictionary)
+    # The width default (8 × d) needs the cache's d: resolved here, for the CLI and Python.
+    width = dictionary.get("width") or default_width(cache.d_model)
+    config = DictionaryConfig(d_in=cache.d_model, **{**dictionary, "width": width})
     model = Crosscoder(config) if kind == "crosscoder" else DiffSAE(config)
     stats = cache.stats(layer)
     norms = stats.mean_norm if kind == "crosscoder" else torch.tensor([stats.diff_mean_norm])
@@ -328,12 +307,9 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
               "models": cache.models, "read": asdict(read), "dictionary": config.to_dict(),
               "train": train_dict}
     out = Path(out)
-    if (out / TRAINING_FILE).exists():
-        old = read_json(out / TRAINING_FILE)
-        if old != json.loads(json.dumps(record)):
-            diff = sorted(k for k in record if old.get(k) != json.loads(json.dumps(record[k])))
-            raise DifflensError(f"{out} holds another training run (differs in: "
-                                f"{', '.join(diff)}); choose another --out or delete it")
+    old = read_optional_json(out / TRAINING_FILE)
+    if old is not None:
+        check_same_settings(out, old, record, "another training run")
     else:
         write_json(out / TRAINING_FILE, record)
     reader = cache.reader(layer, "train", val_fraction=read.val_fraction,
@@ -345,17 +321,18 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
 
 
 # ---- readouts that run the models ---------------------------------------------------------
-@torch.no_grad()
 def logit_lens(pair: ModelPair, directions: Tensor, top: int) -> list[list[dict[str, Any]]]:
-    """Top ``top`` tokens of the finetuned model's logit lens of each direction ``(J, d)``."""
-    with pair.use("ft") as (model, arch):
-        param = next(model.parameters())
-        logits = arch.logits(directions.to(param.device, param.dtype)).float().cpu()
-    vals, ids = logits.topk(min(top, logits.shape[-1]), dim=-1)
+    """Top ``top`` tokens of the finetuned model's logit lens of each direction ``(J, d)``
+    (:func:`difflens.models.lens.logit_lens`), with their logits."""
+    from difflens.models.lens import logit_lens as read_lens
+
+    with pair.use("ft") as (_model, arch):
+        readout = read_lens(arch, directions, top)
     tok = pair.tokenizer
     return [[{"token": tok.decode([t]), "id": t, "logit": round(v, 4)}
              for t, v in zip(row_ids, row_vals, strict=True)]
-            for row_ids, row_vals in zip(ids.tolist(), vals.tolist(), strict=True)]
+            for row_ids, row_vals in zip(readout.ids.tolist(), readout.logits.tolist(),
+                                         strict=True)]
 
 
 @torch.no_grad()
@@ -365,9 +342,9 @@ def steer(pair: ModelPair, layer: int, latents: list[int], directions: Tensor, s
     """Greedy generations of the finetuned model with ``alpha · scale · d̂_j`` added at
     ``layer`` (every position) for each latent ``j`` (direction ``(J, d)``), strength and
     prompt, plus one unsteered row per prompt (``latent: None``), in one batch of ADL's
-    per-row-steered generation (:func:`difflens.methods.adl.generation.generate`)."""
+    per-row-steered generation (:func:`difflens.models.generation.generate`)."""
     from difflens.data.chat import chat_prompt
-    from difflens.methods.adl.generation import SamplingConfig, Steer, generate
+    from difflens.models.generation import SamplingConfig, Steer, generate
 
     unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     rows: list[tuple[int | None, float, str]] = [(None, 0.0, p) for p in prompts]

@@ -34,6 +34,7 @@ from difflens.methods.dictionary.config import TrainConfig
 from difflens.methods.dictionary.dictionary import SparseDictionary
 from difflens.methods.dictionary.metrics import fve
 from difflens.methods.dictionary.normalize import NormStats
+from difflens.models.device import is_gpu
 
 Data = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
 
@@ -107,7 +108,7 @@ class Trainer:
     def __init__(
         self, dictionary: SparseDictionary, config: TrainConfig, out_dir: str | Path | None = None
     ) -> None:
-        if config.device.startswith("cuda") and not torch.cuda.is_available():
+        if is_gpu(config.device) and not torch.cuda.is_available():
             raise DifflensError("TrainConfig.device is 'cuda' but no GPU is visible; use 'cpu'")
         self.dictionary = dictionary.to(config.device)
         self.config = config

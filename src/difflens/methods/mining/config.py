@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from difflens.errors import DifflensError
+from difflens.data.corpus import check_corpus_source
+from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
+from difflens.options import LAYER, option, validate
 
 LENSES = ("raw", "logit-lens")
 NMF_VALUES = ("relu", "binary")
+DTYPES = ("float32", "bfloat16", "float16")
 
 # Texts read when ``n_texts`` is not given.  On a GPU: the seed paper's 8,192 texts × 64 tokens.
 # On a CPU every position costs two decoder passes plus a 262k-row head matmul (~30 positions/s
@@ -28,49 +31,60 @@ DEFAULT_LENS_DEPTH = 0.75
 
 @dataclass
 class MiningConfig:
-    """Everything that determines a Diff Mining run's results (hashed to name its run dir)."""
+    """Everything that determines a Diff Mining run's results (hashed to name its run dir).
 
-    base: str | None = None  # base model source; None = embedded gemma-3-270m
-    finetuned: str | None = None  # finetuned source; None = the shipped organism
-    corpus: str = "reference"  # reference text (see difflens.data.corpus)
-    n_texts: int | None = None  # texts read; None = 8,192 on GPU, 256 on CPU
-    max_tokens: int = 64  # T: tokens per text (BOS included), padded right
-    top_k: int = 100  # K: top entries of Δ_t (and of −Δ_t) counted per position
-    lens: str = "raw"  # "raw" = final logits, "logit-lens" = unembed a middle layer
-    layer: float | int | None = None  # logit-lens layer (index or depth); None = 0.75 depth
-    mask_bos: bool = False  # drop positions whose input token is BOS
-    mask_special: bool = False  # drop positions whose input token is special (chat turns, ...)
-    topics: int = 3  # NMF topics; 0 skips NMF
-    nmf_values: str = "relu"  # matrix entries: "relu" = ReLU(Δ) of top-K entries, "binary" = 1
-    nmf_orthogonal: float = 0.0  # λ of the orthogonality-regularised refinement; 0 = plain NMF
-    nmf_positions: int = 65_536  # positions kept (hash sample) for NMF and examples
-    normalize: bool = False  # merge case/space variants, drop punctuation/special tokens
-    top: int = 100  # tokens kept per ordering in orderings.json
-    n_examples: int = 3  # example contexts per top token
-    batch_size: int | None = None  # texts per forward; None = 32 on GPU, 8 on CPU
-    device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 0  # NMF initialisation
+    The fields are also the ``difflens mine`` flags (:mod:`difflens.options`)."""
+
+    base: str | None = option(None, cli=False, check=check_model_source,
+                              help="base model source; None = embedded gemma-3-270m")
+    finetuned: str | None = option(None, cli=False, check=check_model_source,
+                                   help="finetuned source; None = the shipped organism")
+    corpus: str = option("reference", check=check_corpus_source,
+                         help="reference text: 'reference' (shipped), .txt/.jsonl/.parquet, "
+                              "hf:NAME")
+    n_texts: int | None = option(None, min=1, example=256,
+                                 help="texts to read (default 8,192 on GPU, 256 on CPU)")
+    max_tokens: int = option(64, min=1, help="tokens per text (default 64)")  # BOS included
+    top_k: int = option(100, min=1, help="top entries of Δ counted per position (default 100)")
+    lens: str = option("raw", choices=LENSES,
+                       help="raw final logits (default) or the logit lens of --layer")
+    layer: float | int | None = option(
+        None, type=LAYER, help="logit-lens layer: index or relative depth (default 0.75)")
+    mask_bos: bool = option(False, help="ignore positions whose token is BOS")
+    mask_special: bool = option(
+        False, help="ignore positions whose token is special (chat-template turns, ...)")
+    topics: int = option(3, min=0, help="NMF topics; 0 skips NMF (default 3)")
+    nmf_values: str = option("relu", choices=NMF_VALUES,
+                             help="NMF matrix entries: ReLU(Δ) (default) or 1")
+    nmf_orthogonal: float = option(
+        0.0, min=0, metavar="LAMBDA", example=0.1,
+        help="orthogonality penalty pushing NMF topics apart (default 0: plain NMF)")
+    nmf_positions: int = option(65_536, min=1, cli=False,
+                                help="positions kept (hash sample) for NMF and examples")
+    normalize: bool = option(False, help="merge case/space variants; drop punctuation and "
+                                         "special tokens")
+    top: int = option(100, min=1, cli=False, help="tokens kept per ordering in orderings.json")
+    n_examples: int = option(3, min=0, cli=False, help="example contexts per top token")
+    batch_size: int | None = option(None, min=1, example=8,
+                                    help="texts per forward (default 32 on GPU, 8 on CPU)")
+    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
+    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
+    seed: int = option(0, cli=False, help="NMF initialisation")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What names and reuses the run directory (every field)."""
+        return self.to_dict()
+
     def validate(self) -> None:
         """One-line errors for values that cannot work, before anything is loaded or written."""
-        if self.lens not in LENSES:
-            raise DifflensError(f"unknown lens {self.lens!r}; use one of {', '.join(LENSES)}")
-        if self.nmf_values not in NMF_VALUES:
-            raise DifflensError(
-                f"unknown NMF values {self.nmf_values!r}; use one of {', '.join(NMF_VALUES)}")
-        for name in ("max_tokens", "top_k", "top", "nmf_positions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                flag = name.replace("_", "-")
-                raise DifflensError(f"{name} must be a positive integer, got {value!r}; "
-                                    f"pass e.g. --{flag} {getattr(MiningConfig, name)}")
-        for name in ("n_texts", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise DifflensError(f"{name} must be a positive integer, got {value!r}")
-        if self.topics < 0 or self.n_examples < 0 or self.nmf_orthogonal < 0:
-            raise DifflensError("topics, n_examples and nmf_orthogonal must not be negative")
+        validate(self)
+
+
+def resolve_defaults(config: MiningConfig, gpu: bool) -> MiningConfig:
+    """``config`` with the device-dependent sizes (``None`` fields) filled in."""
+    return replace(config,
+                   n_texts=config.n_texts or (GPU_DEFAULT_TEXTS if gpu else CPU_DEFAULT_TEXTS),
+                   batch_size=config.batch_size or (GPU_BATCH_SIZE if gpu else CPU_BATCH_SIZE))

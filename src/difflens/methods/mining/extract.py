@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from difflens.data.padding import pad_id, pad_rows
 from difflens.data.tokenize import encode
 from difflens.errors import DifflensError
 from difflens.models.hooks import capture, run_forward
@@ -54,16 +55,9 @@ def tokenize_padded(tokenizer: Any, texts: list[str], max_tokens: int
     Returns:
         ``ids``: ``(N, T)`` int64 and ``attention``: ``(N, T)`` bool, T = ``max_tokens``.
     """
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    ids = torch.full((len(texts), max_tokens), int(pad), dtype=torch.long)
-    attention = torch.zeros((len(texts), max_tokens), dtype=torch.bool)
-    for row, text in enumerate(texts):
-        tokens = encode(tokenizer, text)[:max_tokens]
-        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention[row, : len(tokens)] = True
-    return ids, attention
+    rows = [encode(tokenizer, text)[:max_tokens] for text in texts]
+    ids, mask = pad_rows(rows, pad_id(tokenizer), width=max_tokens)
+    return ids, mask.bool()
 
 
 def special_ids(tokenizer: Any) -> list[int]:

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from difflens.data.tokenize import decode_tokens
 from difflens.errors import DifflensError
-from difflens.methods.mining.normalize import decode_tokens
 
 TOP_TOKENS = 20  # tokens listed per topic (also the head used for "concentration")
 

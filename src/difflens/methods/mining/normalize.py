@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Readable text of single tokens (spaces kept, markers resolved)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+from difflens.data.tokenize import decode_tokens
 
 
 def normalize_key(text: str) -> str | None:

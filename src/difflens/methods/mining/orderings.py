@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from difflens.data.tokenize import decode_tokens
 from difflens.methods.mining.aggregate import MiningCounts
-from difflens.methods.mining.normalize import decode_tokens, group_variants
+from difflens.methods.mining.normalize import group_variants
 
 # With normalisation, variants are looked up among this many times ``top`` raw candidates:
 # decoding all 262k tokens would take seconds for entries that can never make the list.

@@ -19,10 +19,17 @@ from typing import Any
 
 import torch
 
-from difflens.io.artifacts import read_json, read_tensors, write_json, write_tensors
+from difflens.io.artifacts import (
+    read_json,
+    read_optional_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from difflens.methods.mining.aggregate import MiningCounts
 
 COUNTS_FILE = "counts.safetensors"
+EXTRACT_TIMING_FILE = "extract_seconds.json"
 ORDERINGS_FILE = "orderings.json"
 NMF_FILE = "nmf.json"
 EXAMPLES_FILE = "examples.json"
@@ -48,16 +55,20 @@ class CorpusCounts:
         tensors, meta = self.counts.to_tensors()
         tensors = {**tensors, "corpus_ids": self.ids.to(torch.int32),
                    "corpus_attention": self.attention.to(torch.uint8)}
-        meta = {**meta, "layer": str(self.layer), "seconds": repr(self.seconds)}
-        write_tensors(run / COUNTS_FILE, tensors, meta)
+        # The wall time goes beside the tensors, not into them: the same run must give a
+        # byte-identical counts file.
+        write_tensors(run / COUNTS_FILE, tensors, {**meta, "layer": str(self.layer)})
+        write_json(run / EXTRACT_TIMING_FILE, {"seconds": self.seconds})
 
     @classmethod
     def load(cls, run: Path) -> CorpusCounts:
         tensors, meta = read_tensors(run / COUNTS_FILE)
         ids = tensors.pop("corpus_ids").long()
         attention = tensors.pop("corpus_attention").bool()
+        timing = read_optional_json(run / EXTRACT_TIMING_FILE) or {}
+        seconds = timing.get("seconds", meta.get("seconds", 0.0))  # older runs: in the metadata
         return cls(MiningCounts.from_tensors(tensors, meta), ids, attention, int(meta["layer"]),
-                   float(meta.get("seconds", 0.0)))
+                   float(seconds))
 
 
 @dataclass

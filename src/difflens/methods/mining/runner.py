@@ -15,13 +15,7 @@ from difflens.data.corpus import load_texts
 from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
 from difflens.methods.mining.aggregate import MiningCounts
-from difflens.methods.mining.config import (
-    CPU_BATCH_SIZE,
-    CPU_DEFAULT_TEXTS,
-    GPU_BATCH_SIZE,
-    GPU_DEFAULT_TEXTS,
-    MiningConfig,
-)
+from difflens.methods.mining.config import MiningConfig, resolve_defaults
 from difflens.methods.mining.examples import example_contexts
 from difflens.methods.mining.extract import (
     check_top_k,
@@ -42,6 +36,7 @@ from difflens.methods.mining.result import (
     CorpusCounts,
     MiningResult,
 )
+from difflens.models.device import is_gpu
 from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
 
@@ -87,9 +82,8 @@ def run_mining(config: MiningConfig, out: Path | None = None, pair: ModelPair | 
     vocab = shared_vocab(pair)
     check_top_k(config.top_k, vocab)
     layer = lens_layer(pair, config.lens, config.layer)
-    on_gpu = str(pair.device).startswith("cuda")
-    n_texts = config.n_texts or (GPU_DEFAULT_TEXTS if on_gpu else CPU_DEFAULT_TEXTS)
-    batch_size = config.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+    sizes = resolve_defaults(config, is_gpu(pair.device))  # device-dependent, decided once
+    n_texts, batch_size = sizes.n_texts, sizes.batch_size
     run = RunDir(out or default_run_dir(config), config.to_dict(), kind="mining")
     tok = pair.tokenizer
     specials = set(special_ids(tok))

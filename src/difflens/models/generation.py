@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from difflens.data.padding import left_padded, pad_id, pad_rows
 from difflens.data.tokenize import encode
 from difflens.models.hooks import add_vector, capture, run_forward
 from difflens.models.nll import token_ce
@@ -181,28 +182,6 @@ def end_token_ids(tokenizer: Any, model: Any) -> list[int]:
     return sorted(ids)
 
 
-def left_padded(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of ``prompts``, left-padded so every prompt ends at -1.
-
-    Padding is built here rather than by flipping ``tokenizer.padding_side``, so a tokenizer
-    shared with other code is never mutated.  Each prompt gets exactly one BOS (chat templates
-    already write it).  Returns ``(B, T)`` ids and ``(B, T)`` mask.
-    """
-    rows = [encode(tokenizer, p) for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
-
-
 @contextmanager
 def _contiguous_head_input(arch: Any) -> Iterator[None]:
     """Hand the unembedding a contiguous input while generating.
@@ -253,7 +232,7 @@ def _generate_chunk(
         max_new_tokens=sampling.max_new_tokens, min_length=0,
         min_new_tokens=0 if imposes_minimum else None, do_sample=False,
         num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-        eos_token_id=ends, pad_token_id=_pad_id(tokenizer),
+        eos_token_id=ends, pad_token_id=pad_id(tokenizer),
     )
     with ExitStack() as stack:
         _steering_hooks(stack, arch, steering)
@@ -340,13 +319,7 @@ def base_perplexity(
 @torch.inference_mode()
 def _batch_perplexity(pair: ModelPair, texts: Sequence[str], max_tokens: int) -> list[float]:
     tok = pair.tokenizer
-    rows = [encode(tok, t)[: max_tokens + 1] for t in texts]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+    ids, mask = pad_rows([encode(tok, t)[: max_tokens + 1] for t in texts], pad_id(tok))
     with pair.use(BASE) as (model, arch):
         last = arch.num_layers - 1
         device = next(model.parameters()).device

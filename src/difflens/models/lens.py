@@ -1,4 +1,8 @@
-"""Logit lens readout of activation-difference vectors (pure tensor core)."""
+"""Logit lens: read residual-stream vectors through the model's final norm and unembedding.
+
+The one readout of vectors as tokens in difflens (ADL's δ̄ tables, dictionary decoder
+directions): ``softmax(W_U · final_norm(v))`` and its top tokens.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from difflens.data.tokenize import decode_tokens
 
 if TYPE_CHECKING:
     from difflens.models.arch import Architecture
@@ -15,20 +21,17 @@ if TYPE_CHECKING:
 class TokenReadout:
     """Top tokens of a distribution over the vocabulary.
 
-    ``ids``: ``(n, top)`` token ids, ``probs``: ``(n, top)`` their probabilities, one row per
-    vector read (e.g. per position).
+    ``ids``: ``(n, top)`` token ids, ``probs``: ``(n, top)`` their probabilities and
+    ``logits``: ``(n, top)`` their logits, one row per vector read (e.g. per position); largest
+    first.
     """
 
     ids: torch.Tensor
     probs: torch.Tensor
+    logits: torch.Tensor
 
     def tokens(self, tokenizer: Any, row: int, top: int = 20) -> list[str]:
         return decode_tokens(tokenizer, self.ids[row, :top].tolist())
-
-
-def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Readable form of single tokens (byte-level markers resolved, spaces kept)."""
-    return [tokenizer.decode([i]) for i in ids]
 
 
 @torch.inference_mode()
@@ -36,12 +39,13 @@ def logit_lens(arch: Architecture, vectors: torch.Tensor, top: int = 100) -> Tok
     """softmax(W_U · final_norm(v)) for each vector; the top ``top`` tokens.
 
     Args:
-        vectors: ``(n, d)`` residual-stream vectors (δ̄ per position, −δ̄, means, ...).
+        vectors: ``(n, d)`` residual-stream vectors (δ̄ per position, −δ̄, means, directions).
     Returns:
-        TokenReadout with ``(n, top)`` ids and probabilities.
+        TokenReadout with ``(n, top)`` ids, probabilities and logits, on the CPU.
     """
     param = next(arch.unembed.parameters())
     x = vectors.to(device=param.device, dtype=param.dtype)
-    probs = torch.softmax(arch.logits(x).float(), dim=-1)
+    logits = arch.logits(x).float()
+    probs = torch.softmax(logits, dim=-1)
     values, ids = probs.topk(min(top, probs.shape[-1]), dim=-1)
-    return TokenReadout(ids.cpu(), values.cpu())
+    return TokenReadout(ids.cpu(), values.cpu(), logits.gather(-1, ids).cpu())
