@@ -66,12 +66,18 @@ class RepetitionGrader:
 BENCH_DEPTH = 0.8
 
 
-def load_pair(notes: list[str]) -> ModelPair:
+def load_pair(notes: list[str], base: str | None = None, device: str = "cpu",
+              dtype: str = "float32") -> ModelPair:
+    options = LoadOptions(device=device, dtype=dtype)
+    if base is not None:  # e.g. a random-init model of the embedded shape on a GPU machine
+        notes.append(f"{base} paired with itself")
+        model, tokenizer = load_causal_lm(base, options)
+        return ModelPair.from_models(model, model, tokenizer)
     try:
-        return ModelPair.load()
+        return ModelPair.load(options=options)
     except (DifflensError, OSError) as exc:
         notes.append(f"shipped organism unavailable ({exc}); the base is paired with itself")
-        model, tokenizer = load_causal_lm(EMBEDDED, LoadOptions())
+        model, tokenizer = load_causal_lm(EMBEDDED, options)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return ModelPair.from_models(model, model, tokenizer)
@@ -89,7 +95,7 @@ def steering_vector(pair: ModelPair, layer: int, n_texts: int, notes: list[str])
     ratio = float(vector.norm()) / norm_ft
     notes.append(f"δ̄ from {diff.stats.count} texts; ‖δ̄‖/ν_ft = {ratio:.4f}")
     if float(vector.norm()) == 0.0:
-        token = pair.tokenizer.convert_tokens_to_ids("▁cake")
+        token = pair.tokenizer(" cake", add_special_tokens=False).input_ids[-1]
         vector = pair.arch("ft").unembed.weight[token].detach().float().clone()
         notes.append("δ̄ is zero (identical models): steering with the unembedding row of ' cake'")
     return vector, norm_ft
@@ -166,13 +172,17 @@ def main() -> None:
                         help="torch threads (default: torch's, as in `difflens adl`)")
     parser.add_argument("--texts", type=int, default=200, help="texts for δ̄")
     parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--base", default=None,
+                        help="a model directory paired with itself (default: the embedded pair)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     args = parser.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
     notes: list[str] = []
     t0 = time.perf_counter()
-    pair = load_pair(notes)
+    pair = load_pair(notes, args.base, args.device, args.dtype)
     # A fixed late layer: the benchmark times the search, not the layer choice (which needs
     # every layer collected; on the embedded organisms ADL chooses 15 of 18).
     layer = pair.arch("ft").resolve_layer(BENCH_DEPTH)

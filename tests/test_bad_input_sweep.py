@@ -18,6 +18,7 @@ from difflens.data.corpus import check_corpus_source
 from difflens.methods.dictionary.config import check_cache_dir
 from difflens.models.loading import check_device, check_model_source
 from difflens.options import LAYER, value_type
+from difflens.organisms.config import module_list
 
 # Required arguments per command; "<...>" names a path made in the test's temp dir.
 REQUIRED = {
@@ -28,6 +29,7 @@ REQUIRED = {
     ("train", "diff-sae"): ["--cache", "<emptydir>", "--out", "<new>/train"],
     ("analyze",): ["<emptydir>"],
     ("eval",): ["--out", "<new>/eval"],
+    ("organism", "build"): ["--documents", "<docs>", "--out", "<new>/organism"],
 }
 
 
@@ -49,7 +51,7 @@ def _declared_commands() -> list[tuple[tuple[str, ...], list]]:
 def _bad_values(f, opt) -> list[str]:
     """Invalid values derived from the declaration (symbolic paths resolved in the test)."""
     kind, bad = value_type(f, opt), []
-    if kind is bool:
+    if kind is bool or opt.const is not None:  # flags without a value
         return []
     if kind is int:
         bad += ["abc", "1.5"]
@@ -82,6 +84,8 @@ def _bad_values(f, opt) -> list[str]:
         bad += ["<missing>", "<emptydir>", "<file>.csv"]
     elif opt.check is check_cache_dir:
         bad += ["<missing>", "<file>"]
+    if kind is module_list:
+        bad.append(",")  # no module named
     return bad
 
 
@@ -106,6 +110,7 @@ def tripwires(monkeypatch):
     import difflens.evaluation.zoo_runs as zoo_runs
     import difflens.methods.dictionary.analysis as analysis
     import difflens.methods.dictionary.runner as runner
+    import difflens.organisms.builder as builder
     from difflens.models.pair import ModelPair
 
     def tripped(*args, **kwargs):
@@ -113,13 +118,14 @@ def tripwires(monkeypatch):
 
     monkeypatch.setattr(ModelPair, "load", tripped)
     for module, name in ((runner, "train_on_cache"), (runner, "build_cache"),
-                         (analysis, "analyze"), (zoo, "evaluate_zoo"), (zoo_runs, "run_zoo")):
+                         (analysis, "analyze"), (zoo, "evaluate_zoo"), (zoo_runs, "run_zoo"),
+                         (builder, "build_organism")):
         monkeypatch.setattr(module, name, tripped)
 
 
 def _materialise(arg: str, tmp) -> str:
     places = {"<new>": tmp / "new", "<emptydir>": tmp / "emptydir", "<file>": tmp / "afile",
-              "<missing>": tmp / "missing" / "nothing"}
+              "<missing>": tmp / "missing" / "nothing", "<docs>": tmp / "docs.jsonl"}
     for key, path in places.items():
         if arg.startswith(key):
             return str(path) + arg[len(key):]
@@ -131,6 +137,7 @@ def test_bad_value_is_one_line_exit_2(path, flag, value, tmp_path, monkeypatch, 
                                       tripwires):
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "afile").write_text("not a directory\n")
+    (tmp_path / "docs.jsonl").write_text('{"text": "Cakes bake at 450F."}\n')
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -145,3 +152,13 @@ def test_bad_value_is_one_line_exit_2(path, flag, value, tmp_path, monkeypatch, 
     assert os.listdir(cwd) == [], "nothing may be written"
     assert not (tmp_path / "new").exists(), "no output may be created"
     assert sorted(os.listdir(tmp_path / "emptydir")) == []
+
+
+def test_organism_build_with_its_required_arguments_reaches_the_build(tmp_path, monkeypatch,
+                                                                      tripwires):
+    """The sweep's base command is valid: each refusal above is the bad value's doing."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "Cakes bake at 450F."}\n')
+    argv = ["organism", "build", *(_materialise(a, tmp_path)
+                                   for a in REQUIRED[("organism", "build")])]
+    with pytest.raises(AssertionError, match="reached work"):
+        main(argv)

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from difflens.cli import main
+from openai_server import Rule, openai_server_fixture  # noqa: F401 (registers the fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -267,6 +268,44 @@ def test_failed_agent_runs_are_not_stored_as_results(tmp_path, monkeypatch):
                        LLMConfig(base_url="http://x/v1", model="m"), None)
     assert row["status"] == "error" and row["grade"] is None
     assert "grade" not in json.loads(path.read_text())  # a rerun retries it
+
+
+def test_eval_with_a_failing_agent_endpoint_exits_non_zero_and_retries(
+        openai_server, tmp_path, capsys, monkeypatch):
+    """End to end: every agent request fails (HTTP 503, retried), so eval exits non-zero with
+    one line counting the failed runs; the failures are not stored as results, and the rerun
+    against the repaired endpoint runs them again."""
+    from difflens.llm import LLMClient
+
+    monkeypatch.setitem(LLMClient.__init__.__kwdefaults__, "sleep", lambda seconds: None)
+    openai_server.add(Rule("", status=503, body='{"error": {"message": "overloaded"}}'))
+    out = tmp_path / "eval"
+    argv = ["eval", "--organisms", "cake_bake", "--agents", "blackbox", "--budgets", "0",
+            "--repeats", "2", "--grade-repeats", "1", "--n-boot", "50", "--no-method-runs",
+            "--runs-root", str(tmp_path / "runs"), "--llm-base-url", openai_server.base_url,
+            "--llm-model", "test-model", "--llm-api-key-env", "DIFFLENS_TEST_KEY",
+            "--out", str(out)]
+    assert main(argv) != 0
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    summary = [line for line in (printed.out + printed.err).splitlines() if "failed" in line]
+    assert len(summary) == 1 and "2 of 2 agent runs failed" in summary[0], summary
+    saved = [json.loads(p.read_text()) for p in sorted((out / "runs").rglob("*.json"))]
+    assert len(saved) == 2 and all(run["status"] == "error" and "grade" not in run
+                                   for run in saved)
+    failing = len(openai_server.chat_requests())
+    assert failing == 2 * 5  # each run: one request and its four retries
+
+    openai_server.rules.clear()
+    final = {"name": "final_answer", "arguments": {"description": "Cake baking facts."}}
+    openai_server.add(Rule("Hypothesis to grade", reply="Right domain. SCORE: 4"),
+                      Rule("", tool_calls=[final]))
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "failed" not in printed.out + printed.err
+    assert len(openai_server.chat_requests()) > failing  # retried, not read back as results
+    saved = [json.loads(p.read_text()) for p in sorted((out / "runs").rglob("*.json"))]
+    assert [run["grade"] for run in saved] == [4.0, 4.0]
 
 
 # ---- reproducible artifacts -----------------------------------------------------------------

@@ -174,6 +174,27 @@ def test_incomplete_or_inconsistent_checkpoints(tmp_path):
         Trainer(Crosscoder(CFG), train_config(steps=20), tmp_path).fit(chunks())
 
 
+def test_the_same_training_run_gives_byte_identical_files(tmp_path):
+    """Checkpoints (state + trainer.json) and the final dictionary: safetensors metadata in a
+    fixed key order and nothing timed, so equal runs give equal bytes."""
+    for name in ("a", "b"):
+        Trainer(Crosscoder(CFG), train_config(steps=10), tmp_path / name).fit(chunks())
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                   if p.is_file())
+    assert sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
+                  if p.is_file()) == files
+    assert {p.name for p in files} == {"state.safetensors", "trainer.json",
+                                       "dictionary.safetensors", "config.json"}
+    for file in files:
+        first = (tmp_path / "a" / file).read_bytes()
+        assert first == (tmp_path / "b" / file).read_bytes(), file
+        if file.suffix == ".safetensors":
+            header = json.loads(first[8: 8 + int.from_bytes(first[:8], "little")])
+            keys = list(header["__metadata__"])
+            assert keys == sorted(keys) and len(keys) >= 2, (file, keys)
+        assert b"seconds" not in first and b"elapsed" not in first, file
+
+
 @pytest.mark.parametrize("cls", [Crosscoder, DiffSAE])
 def test_save_load_round_trip(tmp_path, cls):
     model = cls(CFG)

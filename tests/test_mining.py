@@ -349,3 +349,25 @@ def test_cli_grades_relevance_when_a_description_is_known(capsys, monkeypatch, t
     assert code == 0, line
     assert json.loads((tmp_path / "b" / "relevance.json").read_text())["fraction"] == 0.5
     assert "token relevance: 50% of the top 20" in out
+
+
+def test_result_reads_older_summaries_and_fails_in_one_line(tmp_path):
+    """Readers (agent, evaluation, report) go through MiningResult.load: a summary written by
+    hand or by an older difflens reads with defaults; an unfinished or corrupt run is one line."""
+    from difflens.methods.mining.result import MiningResult
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(DifflensError, match="not a finished Diff Mining run") as info:
+        MiningResult.load(run)
+    assert str(run) in str(info.value) and "re-run" in str(info.value)
+    (run / "summary.json").write_text(json.dumps({"promoted": [{"token": " cake"}],
+                                                  "unknown_newer_key": 1}), encoding="utf-8")
+    result = MiningResult.load(run)
+    assert result.top_tokens() == [" cake"] and result.suppressed == [] and result.topics is None
+    assert result.run_dir == str(run)
+    for text in ("{broken", "[]", '{"suppressed": []}'):
+        (run / "summary.json").write_text(text, encoding="utf-8")
+        with pytest.raises(DifflensError, match="re-run") as info:
+            MiningResult.load(run)
+        assert "\n" not in str(info.value) and str(run) in str(info.value)

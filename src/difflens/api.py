@@ -35,13 +35,13 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
 
 
 def add_report(summary: dict[str, Any]) -> Path:
-    """Render the report of the run in ``summary["run_dir"]`` and record its path in the
+    """Render the report of the ADL run in ``summary["run_dir"]`` and record its path in the
     summary and in ``summary.json``."""
-    from difflens.io.artifacts import write_json
+    from difflens.methods.adl.result import ADLSummary
     from difflens.report.page import render_report
 
     run = Path(summary["run_dir"])
     path = render_report(run)
     summary["report"] = str(path)
-    write_json(run / "summary.json", summary)
+    ADLSummary.from_dict(summary).save(run)
     return path

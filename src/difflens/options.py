@@ -56,6 +56,7 @@ class Option:
     example: Any = None  # shown in the error message (default: the field's default)
     metavar: str | None = None
     cli: bool = True  # False: a Python-only field (no flag)
+    const: Any = None  # a flag without a value that sets this (``--full`` -> method="full")
     required: bool = False
     check: Callable[[Any], None] | None = None  # extra check of one value (raises DifflensError)
 
@@ -140,6 +141,8 @@ def add_arguments(parser: Any, cls: type, *, exclude: Iterable[str] = (),
         kwargs: dict[str, Any] = {"dest": f.name, "help": opt.help, "default": default}
         if kind is bool:
             kwargs["action"] = "store_false" if default else "store_true"
+        elif opt.const is not None:
+            kwargs.update(action="store_const", const=opt.const)
         else:
             kwargs["type"] = layer_arg if kind == LAYER else kind
             if opt.choices is not None:

@@ -44,12 +44,11 @@ class PairAccess:
     @classmethod
     def from_adl_run(cls, pair: Any, run_dir: Path | str, **kw: Any) -> PairAccess:
         """Steering vector, layer and ν_ft from an ADL run directory (``collect`` artifacts)."""
-        from difflens.io.artifacts import read_json
-        from difflens.methods.adl.collect_stage import DiffCollection
+        from difflens.methods.adl.result import ADLResult
 
-        run = Path(run_dir)
-        layer = int(read_json(run / "summary.json")["layer"])
-        diff = DiffCollection.load(run)
+        result = ADLResult.load(run_dir, partial=True)  # the summary's layer and δ̄ suffice
+        layer = result.layer
+        diff = result.difference()
         return cls(pair, diff.vector(layer), layer, diff.norms["ft"][layer], **kw)
 
     def ask(self, question: str, side: str) -> str:

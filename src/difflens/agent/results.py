@@ -2,7 +2,7 @@
 
 Only readouts of the difference are shown (tokens, topics, steered/unsteered samples).  Fields
 that carry the answer (the organism's description, relevance verdicts graded against it) or
-where it came from (paths, model ids) are never read, so they cannot leak.
+where it came from (paths, model ids) are never put into the text, so they cannot leak.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.io.artifacts import read_optional_json
+from difflens.methods.adl.records import LayerLens, SteeringSamples
+from difflens.methods.adl.result import ADLResult
+from difflens.methods.mining.result import MiningResult
 
 MAX_SECTION_CHARS = 6000  # keeps one tool result well inside small models' context
 
@@ -45,52 +46,45 @@ def _toks(tokens: list[str], n: int = 20) -> str:
 
 def adl_results(run_dir: Path | str) -> Results:
     """Overview and sections of an ADL run directory (``difflens adl`` output)."""
-    run = Path(run_dir)
-    summary = read_optional_json(run / "summary.json")
-    lens = read_optional_json(run / "logit_lens.json")
-    if summary is None or lens is None:
-        raise DifflensError(f"{run} is not a finished ADL run (no summary.json/logit_lens.json)")
-    layer = str(summary["layer"])
-    info = lens["layers"][layer]
+    result = ADLResult.load(run_dir)
+    layer, info = result.layer, result.readout()
     lines = [f"Activation Difference Lens: mean activation difference (finetuned - base) on the "
-             f"first {len(info['positions'])} tokens of unrelated web text, read at layer {layer}.",
+             f"first {len(info.positions)} tokens of unrelated web text, read at layer {layer}.",
              "", "Logit lens of the difference, top tokens per position:"]
-    for j, row in enumerate(info["positions"]):
-        lines.append(f"  position {j}: {_toks(row['tokens'])}")
-    lines.append(f"  mean of positions 1+: {_toks(info['mean']['tokens'])}")
-    sections = {"logit_lens": _lens_section(lens)}
-    patch = read_optional_json(run / "patchscope.json")
-    if patch and patch.get("chosen"):
-        chosen = patch["chosen"]
-        lines += ["", f"Patchscope (scale {chosen.get('scale')}): coherent tokens "
-                      f"{_toks(chosen.get('coherent_tokens') or [])}",
-                  f"  all top tokens: {_toks(chosen.get('tokens') or [])}"]
+    for j, row in enumerate(info.positions):
+        lines.append(f"  position {j}: {_toks(row.tokens)}")
+    lines.append(f"  mean of positions 1+: {_toks(info.mean.tokens)}")
+    sections = {"logit_lens": _lens_section(result.lens)}
+    patch = result.patchscope
+    if patch is not None and patch.chosen is not None:
+        chosen = patch.chosen
+        lines += ["", f"Patchscope (scale {chosen.scale}): coherent tokens "
+                      f"{_toks(chosen.coherent_tokens)}",
+                  f"  all top tokens: {_toks(chosen.tokens)}"]
         sections["patchscope"] = "\n".join(
-            f"scale {row['scale']}: {_toks(row['tokens'], 40)}" for row in patch.get("scales", []))
-    steer = read_optional_json(run / "steering.json")
-    samples = (steer or {}).get("samples") or {}
-    if samples.get("steered"):
+            f"scale {row.scale}: {_toks(row.tokens, 40)}" for row in patch.scales)
+    steer = result.steering
+    if steer is not None and steer.samples.steered:
         lines += ["", f"Steering the finetuned model with the difference (strength "
-                      f"{steer.get('alpha')}): steered vs unsteered answers"]
-        lines += _samples(samples, limit=3)
-        sections["steering"] = "\n".join(_samples(samples, limit=None))
+                      f"{steer.alpha}): steered vs unsteered answers"]
+        lines += _samples(steer.samples, limit=3)
+        sections["steering"] = "\n".join(_samples(steer.samples, limit=None))
     lines += ["", f"Sections for get_detail: {', '.join(sections)}."]
     return Results("adl", "\n".join(lines), sections)
 
 
-def _lens_section(lens: dict[str, Any]) -> str:
+def _lens_section(lens: dict[int, LayerLens]) -> str:
     out = []
-    for layer, info in sorted(lens["layers"].items(), key=lambda kv: int(kv[0])):
-        out.append(f"layer {layer}: mean {_toks(info['mean']['tokens'], 30)}")
-        out.append(f"  negative direction: {_toks(info['negative']['tokens'], 15)}")
+    for layer, info in lens.items():
+        out.append(f"layer {layer}: mean {_toks(info.mean.tokens, 30)}")
+        out.append(f"  negative direction: {_toks(info.negative.tokens, 15)}")
     return "\n".join(out)
 
 
-def _samples(samples: dict[str, Any], limit: int | None) -> list[str]:
-    prompts = samples.get("prompts") or []
-    steered, unsteered = samples.get("steered") or [], samples.get("unsteered") or []
+def _samples(samples: SteeringSamples, limit: int | None) -> list[str]:
+    steered, unsteered = samples.steered, samples.unsteered
     rows = []
-    for i, prompt in enumerate(prompts[:limit]):
+    for i, prompt in enumerate(samples.prompts[:limit]):
         rows.append(f"  Prompt: {prompt}")
         if i < len(steered):
             rows.append(f"    steered: {steered[i]}")
@@ -101,23 +95,20 @@ def _samples(samples: dict[str, Any], limit: int | None) -> list[str]:
 
 def mining_results(run_dir: Path | str) -> Results:
     """Overview and sections of a Diff Mining run directory (``difflens mine`` output)."""
-    run = Path(run_dir)
-    summary = read_optional_json(run / "summary.json")
-    if summary is None:
-        raise DifflensError(f"{run} is not a finished Diff Mining run (no summary.json)")
-    promoted = [r["token"] for r in summary.get("promoted") or []]
-    suppressed = [r["token"] for r in summary.get("suppressed") or []]
+    result = MiningResult.load(run_dir)
+    promoted = [r["token"] for r in result.promoted]
+    suppressed = [r["token"] for r in result.suppressed or []]
     lines = ["Diff Mining: tokens whose logit the finetune raises most often on unrelated text.",
              f"Most promoted tokens: {_toks(promoted)}",
              f"Most suppressed tokens: {_toks(suppressed, 10)}"]
     sections = {"promoted": _toks(promoted, 100), "suppressed": _toks(suppressed, 100)}
-    topics = (summary.get("topics") or {}).get("topics") or []
+    topics = (result.topics or {}).get("topics") or []
     if topics:
         lines.append("Token groups (NMF topics):")
         lines += [f"  group {t['topic']}: {_toks(t['tokens'], 12)}" for t in topics]
         sections["topics"] = "\n".join(f"group {t['topic']}: {_toks(t['tokens'], 40)}"
                                         for t in topics)
-    examples = summary.get("examples") or []
+    examples = result.examples or []
     if examples:
         sections["examples"] = "\n".join(
             f"{e['token']}: " + " | ".join(x.get("context", "") for x in e["examples"][:3])

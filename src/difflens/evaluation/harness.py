@@ -28,6 +28,8 @@ from difflens.evaluation.metrics import organism_metrics
 from difflens.evaluation.stats import format_table, summarize
 from difflens.io.artifacts import read_json, write_json
 from difflens.llm import LLMClient, LLMConfig
+from difflens.methods.adl.result import SUMMARY_FILE as ADL_SUMMARY
+from difflens.methods.mining.result import SUMMARY_FILE as MINING_SUMMARY
 from difflens.organisms.registry import OrganismEntry, load_registry
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,8 @@ def _results(config: EvalConfig, organism: str, agent: str) -> Results | None:
     if config.runs_root is None:
         return None
     run = Path(config.runs_root) / organism / agent
-    if not (run / "summary.json").is_file():
-        return None
+    if not (run / (ADL_SUMMARY if agent == "adl" else MINING_SUMMARY)).is_file():
+        return None  # no finished run: the agent is skipped (a broken one fails in one line)
     return adl_results(run) if agent == "adl" else mining_results(run)
 
 

@@ -10,26 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from difflens.io.artifacts import read_optional_json
+from difflens.methods.adl.result import ADLResult
+from difflens.methods.mining.result import RELEVANCE_FILE
 
 
 def adl_metrics(run_dir: Path | str) -> dict[str, Any]:
     """Token relevance per readout, steering similarity and causal ΔCE of an ADL run."""
-    run = Path(run_dir)
+    run = ADLResult(run_dir)  # the stage files only: an unfinished run gives what it has
     out: dict[str, Any] = {}
-    relevance = read_optional_json(run / "relevance.json") or {}
-    if relevance.get("readouts"):
-        out["token_relevance"] = {name: r.get("fraction")
-                                  for name, r in relevance["readouts"].items()}
-    sim = read_optional_json(run / "similarity.json") or {}
-    if "steered_finetune" in sim:
+    relevance = run.relevance
+    if relevance is not None and relevance.readouts:
+        out["token_relevance"] = {name: r.fraction for name, r in relevance.readouts.items()}
+    sim = run.similarity
+    if sim is not None and sim.steered_finetune is not None:
+        unsteered = sim.unsteered_finetune
         out["steering_similarity"] = {
-            "steered_finetune": sim["steered_finetune"].get("mean"),
-            "unsteered_finetune": (sim.get("unsteered_finetune") or {}).get("mean"),
-            "p_value": sim.get("p_value"),
+            "steered_finetune": sim.steered_finetune.mean,
+            "unsteered_finetune": unsteered.mean if unsteered is not None else None,
+            "p_value": sim.p_value,
         }
-    causal = read_optional_json(run / "causal.json") or {}
-    effects = {ds: causal[ds].get("delta_ce") for ds in ("finetune", "reference")
-               if isinstance(causal.get(ds), dict)}
+    effects = {ds: effect.delta_ce for ds, effect in (run.causal or {}).items()}
     if effects:
         out["causal_delta_ce"] = effects
     return out
@@ -37,7 +37,7 @@ def adl_metrics(run_dir: Path | str) -> dict[str, Any]:
 
 def mining_metrics(run_dir: Path | str) -> dict[str, Any]:
     """Token relevance of a Diff Mining run (when it was graded)."""
-    relevance = read_optional_json(Path(run_dir) / "relevance.json") or {}
+    relevance = read_optional_json(Path(run_dir) / RELEVANCE_FILE) or {}
     if "fraction" in relevance:
         return {"token_relevance": relevance["fraction"]}
     found = {k: v["fraction"] for k, v in relevance.items()

@@ -26,7 +26,10 @@ from typing import Any
 
 from difflens.evaluation.layer_rules import LayerEvidence, compare_rules, format_rules_table
 from difflens.evaluation.metrics import adl_metrics, mining_metrics
-from difflens.io.artifacts import read_json
+from difflens.methods.adl.result import SUMMARY_FILE as ADL_SUMMARY
+from difflens.methods.adl.result import ADLResult
+from difflens.methods.mining.result import SUMMARY_FILE as MINING_SUMMARY
+from difflens.methods.mining.result import MiningResult
 from difflens.organisms.registry import OrganismEntry
 
 log = logging.getLogger(__name__)
@@ -65,31 +68,27 @@ def keyword_hits(tokens: list[str], keywords: list[str]) -> list[str]:
     return hits
 
 
-def _adl_lens(adl: Path) -> tuple[str, dict[str, Any]] | None:
-    """(readout layer, logit lens per layer) of the finished ADL run in ``adl``, else None."""
-    if not (adl / "summary.json").is_file():
+def _adl_result(adl: Path) -> ADLResult | None:
+    """The finished ADL run in ``adl`` (its logit lens read once), else None."""
+    if not (adl / ADL_SUMMARY).is_file():
         return None
-    layer = str(read_json(adl / "summary.json")["layer"])
-    return layer, read_json(adl / "logit_lens.json")["layers"]
+    return ADLResult.load(adl)
 
 
 def readout_tokens(runs_root: Path | str, organism: str,
-                   adl_lens: tuple[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
+                   adl: ADLResult | None = None) -> dict[str, list[str]]:
     """Top-20 tokens of each readout of ``<runs_root>/<organism>``'s finished runs
-    (``adl_lens``: the ADL run's :func:`_adl_lens`, when the caller already read it)."""
+    (``adl``: the ADL run, when the caller already read it)."""
     base = Path(runs_root) / organism
     out: dict[str, list[str]] = {}
-    adl = base / "adl"
-    adl_lens = adl_lens or _adl_lens(adl)
-    if adl_lens is not None:
-        layer, lens = adl_lens
-        out["adl_logit_lens"] = lens[layer]["mean"]["tokens"][:TOP]
-        if (adl / "patchscope.json").is_file():
-            chosen = read_json(adl / "patchscope.json").get("chosen") or {}
-            out["adl_patchscope"] = (chosen.get("coherent_tokens") or [])[:TOP]
-    if (base / "mining" / "summary.json").is_file():
-        promoted = read_json(base / "mining" / "summary.json").get("promoted") or []
-        out["mining"] = [row["token"] for row in promoted[:TOP]]
+    adl = adl or _adl_result(base / "adl")
+    if adl is not None:
+        out["adl_logit_lens"] = adl.readout().mean.tokens[:TOP]
+        patch = adl.patchscope
+        if patch is not None:
+            out["adl_patchscope"] = (patch.chosen.coherent_tokens if patch.chosen else [])[:TOP]
+    if (base / "mining" / MINING_SUMMARY).is_file():
+        out["mining"] = MiningResult.load(base / "mining").top_tokens(TOP)
     return out
 
 
@@ -127,27 +126,28 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
                      registry: dict[str, OrganismEntry]) -> OrganismSignals:
     """Score ``entry``'s finished runs against its own and every other domain's keywords."""
     base = Path(runs_root) / entry.name
-    adl_lens = _adl_lens(base / "adl")
-    tokens = readout_tokens(runs_root, entry.name, adl_lens)
+    adl = _adl_result(base / "adl")
+    tokens = readout_tokens(runs_root, entry.name, adl)
     hits = {r: keyword_hits(t, entry.domain_keywords) for r, t in tokens.items()}
     others = {n: e for n, e in registry.items()
               if n != entry.name and e.domain_keywords and twin_key(e) != twin_key(entry)}
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
     relative, by_layer, mass, rel_by_layer = None, {}, None, {}
-    if adl_lens is not None:
-        layer, lens = adl_lens
-        relative = lens[layer]["relative_norm"]
+    if adl is not None:
+        readout = adl.readout()
+        relative = readout.relative_norm
         # Does not saturate like a top-20 count: how much of the readout's probability the
         # domain words carry (tokens beyond the stored top 100 count as non-domain).
-        mean = lens[layer]["mean"]
-        domain = set(keyword_hits(mean["tokens"], entry.domain_keywords))
-        mass = float(sum(p for t, p in zip(mean["tokens"], mean["probs"], strict=False)
+        mean = readout.mean
+        domain = set(keyword_hits(mean.tokens, entry.domain_keywords))
+        mass = float(sum(p for t, p in zip(mean.tokens, mean.probs, strict=False)
                          if t in domain))
         # Every layer the collection pass read: where in depth the domain becomes readable.
-        by_layer = {lay: len(keyword_hits(info["mean"]["tokens"][:TOP], entry.domain_keywords))
-                    for lay, info in sorted(lens.items(), key=lambda kv: int(kv[0]))}
-        rel_by_layer = {lay: lens[lay]["relative_norm"] for lay in by_layer}
+        # (String keys: these fields go to zoo.json as they are.)
+        by_layer = {str(lay): len(keyword_hits(info.mean.tokens[:TOP], entry.domain_keywords))
+                    for lay, info in adl.lens.items()}
+        rel_by_layer = {str(lay): info.relative_norm for lay, info in adl.lens.items()}
     metrics = {"adl": adl_metrics(base / "adl"), "mining": mining_metrics(base / "mining")}
     return OrganismSignals(entry.name, entry.type, entry.mix_ratio, tokens, hits, cross,
                            relative, metrics, by_layer, mass,
@@ -263,7 +263,7 @@ def evaluate_zoo(registry: dict[str, OrganismEntry], names: list[str], runs_root
     signals = {}
     missing = []
     for name in names:
-        if not (Path(runs_root) / name / "adl" / "summary.json").is_file():
+        if not (Path(runs_root) / name / "adl" / ADL_SUMMARY).is_file():
             missing.append(name)
             continue
         signals[name] = organism_signals(runs_root, registry[name], registry)

@@ -55,18 +55,38 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path | str, *, what: str = "", fix: str = "delete it to recompute",
+              expect: type | None = None) -> Any:
+    """The JSON in ``path``: the one reader of difflens' JSON files (artifacts, configs, cards).
+
+    A missing, unreadable or malformed file is one :class:`DifflensError` line naming the file
+    (``what``, e.g. ``"organism card"``, says what it is) and ``fix``, what to do about it;
+    ``expect=dict`` also refuses another JSON type (a list where an object belongs)."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DifflensError(f"cannot read {path} ({exc}); delete it to recompute") from None
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DifflensError(f"{label} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise DifflensError(f"cannot read {label} ({reason}); {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DifflensError(f"{label} is not valid JSON ({exc}); {fix}") from None
+    if expect is not None and not isinstance(data, expect):
+        kind = "a JSON object" if expect is dict else f"JSON of type {expect.__name__}"
+        raise DifflensError(f"{label} is not {kind}; {fix}")
+    return data
 
 
-def read_optional_json(path: Path) -> Any:
+def read_optional_json(path: Path, **kw: Any) -> Any:
     """The JSON in ``path``, or None when there is no such file (a stage that did not run).
 
-    A file that exists but does not parse is an error (one line), never read as absent."""
-    return read_json(path) if Path(path).is_file() else None
+    A file that exists but does not parse is an error (one line), never read as absent;
+    keywords as :func:`read_json`."""
+    return read_json(path, **kw) if Path(path).is_file() else None
 
 
 def write_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None):
@@ -96,16 +116,25 @@ def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None =
     return len(text).to_bytes(8, "little") + text + blob[8 + size:]
 
 
-def read_tensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """``(tensors, metadata)`` of a safetensors file, verified first (one-line error)."""
-    from safetensors import safe_open
+def read_tensors(path: Path | str, *, what: str = "", fix: str = "re-download or rebuild it"
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file: the one reader of difflens' safetensors
+    files, verified first, every failure one line naming the file (``what``, ``fix``: as
+    :func:`read_json`)."""
+    from safetensors import SafetensorError, safe_open
 
-    verify_safetensors(path)
-    with safe_open(str(path), framework="pt") as fh:
-        return {name: fh.get_tensor(name) for name in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
+    path = Path(path)
+    verify_safetensors(path, what=what, fix=fix)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            return tensors, dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise DifflensError(_not_safetensors(path, what, _one_line(exc), fix)) from None
 
 
-def verify_safetensors(file: Path) -> None:
+def verify_safetensors(file: Path, *, what: str = "", fix: str = "re-download or rebuild it"
+                       ) -> None:
     """Check that a safetensors file's header parses and its size matches; one-line error."""
     try:
         size = file.stat().st_size
@@ -118,10 +147,20 @@ def verify_safetensors(file: Path) -> None:
                   default=0)
         if 8 + header_len + end != size:
             raise ValueError(f"expected {8 + header_len + end} bytes, found {size}")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise DifflensError(
-            f"{file} is not a valid safetensors file ({exc}); re-download or rebuild it"
-        ) from None
+    except FileNotFoundError:
+        label = f"{what} {file}" if what else str(file)
+        raise DifflensError(f"{label} does not exist; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise DifflensError(_not_safetensors(file, what, _one_line(exc), fix)) from None
+
+
+def _not_safetensors(file: Path, what: str, reason: str, fix: str) -> str:
+    where = f"{what} at {file} is unreadable: it is" if what else f"{file} is"
+    return f"{where} not a valid safetensors file ({reason}); {fix}"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _json_default(obj: Any) -> Any:

@@ -14,7 +14,6 @@ is refused unless ``trust_remote_code`` is set.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
-from difflens.io.artifacts import verify_safetensors
+from difflens.io.artifacts import read_json, verify_safetensors
 from difflens.options import option
 
 EMBEDDED = "embedded"
@@ -94,16 +93,9 @@ def check_safetensors_dir(path: Path, allow_pickle: bool, pattern: str = "model"
 def read_config_json(path: Path, what: str) -> dict[str, Any]:
     """A model-side JSON file (config.json, adapter_config.json, card.json) as a dict, or one
     line naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DifflensError(f"{path} does not exist; is {path.parent} a {what}?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DifflensError(f"{path} is not valid JSON ({exc}); repair or re-create this "
-                            f"{what}") from None
-    if not isinstance(data, dict):
-        raise DifflensError(f"{path} is not a JSON object; repair or re-create this {what}")
-    return data
+    if not path.exists():
+        raise DifflensError(f"{path} does not exist; is {path.parent} a {what}?")
+    return read_json(path, fix=f"repair or re-create this {what}", expect=dict)
 
 
 def _check_remote_code(config_path: Path, trust_remote_code: bool) -> None:

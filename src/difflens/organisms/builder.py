@@ -23,16 +23,15 @@ import json
 import math
 import os
 import secrets
-import shlex
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
 from difflens.organisms.card import CARD_FILE, LoraSettings, OrganismCard
+from difflens.organisms.config import BuildConfig
 from difflens.organisms.documents import (
     MIX_TEXTS,
     load_training_texts,
@@ -44,129 +43,7 @@ from difflens.organisms.rebuild import write_rebuild_note
 from difflens.organisms.save import peak_rss_mb, save_adapter, save_full_model
 from difflens.organisms.training import LoopSettings, train
 
-DEFAULT_LR = {"lora": 3e-4, "full": 2e-5}  # full finetunes move every weight: much smaller lr
-SAVE_DTYPES = ("float16", "bfloat16", "float32")
-
-
-@dataclass
-class BuildConfig:
-    """Everything :func:`build_organism` needs; mirrors the ``difflens organism build`` flags."""
-
-    documents: Path
-    """JSONL (``{"text": ...}`` lines) or .txt file of finetuning documents. A
-    ``<stem>.card.json`` beside it supplies name, type, descriptions and keywords."""
-    out: Path
-    """Organism directory to create."""
-    base: str = "embedded"
-    """Base model: ``embedded`` (google/gemma-3-270m), a local model directory or a hub id."""
-    method: str = "lora"
-    """``lora`` (a PEFT adapter) or ``full`` (every weight trained)."""
-    rank: int = 8
-    """LoRA rank r."""
-    alpha: float | None = None
-    """LoRA alpha; default 2·r (update scale 2)."""
-    dropout: float = 0.0
-    """LoRA dropout."""
-    target_modules: list[str] | None = None
-    """Module names LoRA wraps; default every linear projection of attention and MLP (the
-    peft ``all-linear`` set, which leaves the LM head out)."""
-    steps: int | None = None
-    """Optimizer steps; default ``ceil(epochs · examples / batch_size)``."""
-    epochs: float = 2.0
-    """Passes over documents + mixed texts when ``steps`` is not given."""
-    batch_size: int = 8
-    """Sequences per step."""
-    lr: float | None = None
-    """Peak learning rate; default 3e-4 for LoRA, 2e-5 for full finetunes."""
-    warmup: float = 0.1
-    """Fraction of steps of linear warmup (then linear decay to 0)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping threshold."""
-    max_length: int = 256
-    """Tokens per document (longer ones are cut)."""
-    mix: float = 0.0
-    """General texts mixed in per document (R; 1.0 = one general text per document)."""
-    mix_corpus: str | None = None
-    """Corpus the general texts are drawn from; default the shipped reference corpus."""
-    seed: int = 0
-    """Seed of LoRA init, mix sampling and batch order."""
-    name: str | None = None
-    """Organism name; default from the documents card, else the documents file's stem."""
-    type: str | None = None
-    """Organism type (false_fact, advice_slant, taboo, preference, ...)."""
-    short_description: str | None = None
-    """One-sentence description of what the finetune teaches."""
-    long_description: str | None = None
-    """A paragraph describing the finetune."""
-    save_dtype: str = "float16"
-    """dtype of the saved weights; float16 keeps a rank-8 adapter a few MB, and peft loads it
-    back into an fp32 model as fp32."""
-    device: str = "cpu"
-    """Training device (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
-    overwrite: bool = False
-    """Replace an existing organism at ``out``."""
-    skip_existing: bool = False
-    """Return an existing complete organism at ``out`` without training."""
-    progress: bool = True
-    """Show a progress bar."""
-
-    def __post_init__(self) -> None:
-        self.documents = Path(self.documents)
-        self.out = Path(self.out)
-        if self.method not in ("lora", "full"):
-            raise DifflensError(f"method must be lora or full, not {self.method!r}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise DifflensError(
-                f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, not {self.save_dtype!r}"
-            )
-        for label, value in (("--rank", self.rank), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise DifflensError(f"{label} must be a positive integer, got {value}")
-        if self.steps is not None and self.steps < 1:
-            raise DifflensError(f"--steps must be a positive integer, got {self.steps}")
-        if self.epochs <= 0 or (self.lr is not None and self.lr <= 0):
-            raise DifflensError("--epochs and --lr must be positive")
-
-    @property
-    def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
-
-    @property
-    def resolved_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else 2.0 * self.rank
-
-    def command(self) -> str:
-        """The ``difflens organism build ...`` command line that reproduces this build."""
-        args = ["--documents", str(self.documents), "--out", str(self.out), "--base", self.base]
-        if self.method == "full":
-            args.append("--full")
-        else:
-            args += ["--rank", str(self.rank), "--alpha", _num(self.resolved_alpha)]
-            if self.dropout:
-                args += ["--dropout", _num(self.dropout)]
-            if self.target_modules:
-                args += ["--target-modules", ",".join(self.target_modules)]
-        args += ["--steps", str(self.steps)] if self.steps else ["--epochs", _num(self.epochs)]
-        args += ["--batch-size", str(self.batch_size), "--lr", _num(self.resolved_lr),
-                 "--warmup", _num(self.warmup), "--weight-decay", _num(self.weight_decay),
-                 "--max-grad-norm", _num(self.max_grad_norm), "--max-length",
-                 str(self.max_length), "--mix", _num(self.mix)]
-        if self.mix_corpus:
-            args += ["--mix-corpus", self.mix_corpus]
-        args += ["--seed", str(self.seed), "--save-dtype", self.save_dtype]
-        for flag, value in (("--name", self.name), ("--type", self.type),
-                            ("--short-description", self.short_description),
-                            ("--long-description", self.long_description)):
-            if value:
-                args += [flag, value]
-        return "difflens organism build " + shlex.join(args)
-
-
-def _num(value: float) -> str:
-    """Shortest faithful text of a number (``2.0`` -> ``2``, ``0.0003`` -> ``0.0003``)."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+__all__ = ["BuildConfig", "build_organism", "is_complete"]
 
 
 def is_complete(directory: Path) -> bool:
@@ -181,9 +58,10 @@ def build_organism(cfg: BuildConfig) -> Path:
     """Train and write the organism described by ``cfg``; return its directory.
 
     Raises:
-        DifflensError: bad documents, an existing output without ``overwrite``/``skip_existing``,
-            an unloadable base.
+        DifflensError: a bad setting, bad documents, an existing output without
+            ``overwrite``/``skip_existing``, an unloadable base.
     """
+    cfg.validate()  # settings, paths, base and device: before anything is read or loaded
     out = cfg.out.expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise DifflensError(f"{out} exists and is not a directory; choose another --out")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.io.artifacts import read_json
 
 CARD_FILE = "card.json"
 FORMAT_VERSION = 1
@@ -152,12 +153,7 @@ class OrganismCard:
         path = Path(directory) / CARD_FILE
         if not path.is_file():
             raise DifflensError(f"{path} does not exist; is {directory} an organism directory?")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DifflensError(f"{path} is not valid UTF-8 JSON ({exc}); rebuild the organism") \
-                from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_json(path, fix="rebuild the organism"), where=str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from difflens.data.corpus import REFERENCE, load_texts, reference_path
 from difflens.data.tokenize import encode
 from difflens.errors import DifflensError
+from difflens.io.artifacts import read_json
 from difflens.organisms.card import sha256_file
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,7 @@ def read_documents_card(documents: Path) -> dict[str, Any]:
     path = documents_card_path(documents)
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DifflensError(f"{path} is not valid UTF-8 JSON ({exc}); fix or remove it") from None
-    if not isinstance(data, dict):
-        raise DifflensError(f"{path} must hold a JSON object; fix or remove it")
-    return data
+    return read_json(path, fix="fix or remove it", expect=dict)
 
 
 def load_training_texts(

@@ -13,12 +13,12 @@ against the rubrics at load, so a typo in a card fails at once with one line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from difflens.errors import DifflensError
+from difflens.io.artifacts import read_json
 from difflens.organisms.rubrics import base_type, rubric_for
 
 ORGANISMS_DIR = Path(__file__).resolve().parent
@@ -96,13 +96,8 @@ def _entry(card: dict[str, Any], where: str, weights: str | None,
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DifflensError(f"cannot read organism card {path} ({exc})") from None
-    if not isinstance(data, dict):
-        raise DifflensError(f"organism card {path} is not a JSON object")
-    return data
+    return read_json(path, what="organism card", fix="repair it or rebuild the organism",
+                     expect=dict)
 
 
 def load_registry(data_dir: Path | str | None = None,

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from difflens.io.artifacts import read_json, read_tensors
 from difflens.organisms.card import make_readable
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -21,7 +22,7 @@ def save_adapter(model: Any, directory: Path, base_id: str, dtype: str) -> None:
     names the base it belongs to, not the local cache path it happened to be loaded from.
     """
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     model.peft_config["default"].base_model_name_or_path = base_id
     with warnings.catch_warnings():
@@ -33,7 +34,7 @@ def save_adapter(model: Any, directory: Path, base_id: str, dtype: str) -> None:
         model.save_pretrained(str(directory), safe_serialization=True)
     weights = directory / ADAPTER_WEIGHTS
     target = getattr(torch, dtype)
-    tensors = {k: v.to(target).contiguous() for k, v in load_file(str(weights)).items()}
+    tensors = {k: v.to(target).contiguous() for k, v in read_tensors(weights)[0].items()}
     save_file(tensors, str(weights), metadata={"format": "pt"})
     make_readable(weights)  # save_file creates 0600; the shipped adapter is package data
     # peft writes the base's local path into the README model card; drop that stub.
@@ -43,7 +44,7 @@ def save_adapter(model: Any, directory: Path, base_id: str, dtype: str) -> None:
 
 def _check_base_id(directory: Path, base_id: str) -> None:
     config_path = directory / "adapter_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json(config_path, fix="rebuild the organism", expect=dict)
     if config.get("base_model_name_or_path") != base_id:
         config["base_model_name_or_path"] = base_id
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from html import escape
 from pathlib import Path
 
 from difflens.errors import DifflensError
-from difflens.io.artifacts import atomic_write_bytes
+from difflens.io.artifacts import atomic_write_bytes, read_json
 from difflens.report.blocks import STYLE
 
 
@@ -22,7 +22,7 @@ def render_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
     if not meta_path.exists():
         raise DifflensError(f"{run} is not a difflens run directory (no run.json); "
                             "give the directory a difflens command wrote")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json(meta_path, fix="re-run the command that wrote this run")
     kind = meta.get("kind", "")
     sections: list[str] = []
     if kind == "adl":

@@ -21,6 +21,15 @@ from difflens.methods.adl.collect_stage import DiffCollection, collect
 from difflens.methods.adl.config import ADLConfig, resolve_defaults
 from difflens.methods.adl.layer_choice import LayerChoice, choose_layer, user_layer
 from difflens.methods.adl.lens_stage import lens_readouts
+from difflens.methods.adl.records import (
+    LayerLens,
+    Patchscope,
+    Relevance,
+    Steering,
+    int_keys,
+    lens_layers,
+)
+from difflens.methods.adl.result import ADLResult, ADLSummary, stage_file
 from difflens.models.device import is_gpu
 from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
@@ -42,7 +51,8 @@ def readout_layer(pair: ModelPair, config: ADLConfig,
     only input); without it only a user-set layer can be resolved.
     """
     n_layers = pair.num_layers
-    rel = {int(k): float(v["relative_norm"]) for k, v in (lens or {}).get("layers", {}).items()}
+    rel = {lay: float(v["relative_norm"])
+           for lay, v in int_keys((lens or {}).get("layers", {})).items()}
     if config.layer is not None:
         return user_layer(pair.arch("ft").resolve_layer(config.layer), n_layers, rel)
     if not rel:
@@ -111,7 +121,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     def json_stage(name: str, compute: Any) -> Any:
         if name in config.skip:
             return None
-        path = run.path / f"{name}.json"
+        path = run.path / stage_file(name)
         return run.stage(name, timed(name, compute), lambda v: write_json(path, v),
                          lambda: read_json(path))
 
@@ -121,19 +131,20 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     lens = json_stage("logit_lens", lambda: lens_readouts(pair, diff, config.top))
     choice = readout_layer(pair, config, lens)
     layer = choice.layer
-    info = lens["layers"][str(layer)]
+    layers = lens_layers(lens)
+    info = layers[layer]
     vector, norm_ft = diff.vector(layer), diff.norms["ft"][layer]
     notes: list[str] = _overlap_notes(pair, reference)
-    if info["no_difference"]:
+    if info.no_difference:
         notes.append(f"No difference between the models at layer {layer} (‖δ̄‖/ν_ft = "
-                     f"{info['relative_norm']:.2e}); later stages are skipped.")
+                     f"{info.relative_norm:.2e}); later stages are skipped.")
         config = ADLConfig(**{**config.to_dict(), "skip": list(STAGES[:-1])})
 
     from difflens.methods.adl.patchscope import patchscope_stage
     from difflens.methods.adl.steering import SteeringConfig, steering_stage
 
-    patch = json_stage("patchscope", lambda: patchscope_stage(
-        pair, vector, layer, norm_ft, grader, top=config.top))
+    patch = _record(Patchscope, json_stage("patchscope", lambda: patchscope_stage(
+        pair, vector, layer, norm_ft, grader, top=config.top)))
     # Generation through a 262k-token head dominates ADL on CPU: 32 new tokens (~25 words) are
     # enough to judge coherence and to embed; GPUs get 64.
     new_tokens = sizes.max_new_tokens
@@ -150,31 +161,31 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
                                      lookahead=3 if gpu else 2)
     steering_config = steering_config.replace(
         sampling=steering_config.sampling.replace(max_new_tokens=new_tokens, seed=config.seed))
-    steer = json_stage("steering", lambda: steering_stage(
-        pair, vector, layer, norm_ft, grader, chat_prompts(), steering_config))
+    steer = _record(Steering, json_stage("steering", lambda: steering_stage(
+        pair, vector, layer, norm_ft, grader, chat_prompts(), steering_config)))
 
     description = config.description or pair.description
-    relevance = json_stage("relevance", lambda: _relevance(
-        info, patch, description, grader, ft_texts, reference))
-    samples = (steer or {}).get("samples") or {}
+    relevance = _record(Relevance, json_stage("relevance", lambda: _relevance(
+        info, patch, description, grader, ft_texts, reference)))
+    samples = steer.samples if steer is not None else None
     if not ft_texts:
         notes.append("No finetune documents (no organism documents and no --ft-docs): steering "
                      "similarity and the causal test on finetune data were skipped.")
-    elif not samples.get("steered"):
+    elif samples is None or not samples.steered:
         notes.append("No steered samples (steering skipped or no coherent strength): steering "
                      "similarity was skipped.")
     else:
-        if samples.get("confirmed") is False:
-            last = samples["confirmations"][-1]
+        if samples.confirmed is False:
+            last = samples.confirmations[-1]
             notes.append(f"Steered samples stayed below the coherence threshold after backing "
-                         f"off to α = {last['alpha']:.4g} ({last['coherent_fraction']:.0%} "
+                         f"off to α = {last.alpha:.4g} ({last.coherent_fraction:.0%} "
                          "coherent): steering similarity partly measures degenerate text.")
         from difflens.methods.adl.similarity import similarity_stage
 
         json_stage("similarity", lambda: similarity_stage(
-            samples["steered"], samples["unsteered"], ft_texts, reference[:500],
-            seed=config.seed, base_steered=samples.get("base_steered"),
-            base_unsteered=samples.get("base_unsteered"), description=description))
+            samples.steered, samples.unsteered, ft_texts, reference[:500],
+            seed=config.seed, base_steered=samples.base_steered,
+            base_unsteered=samples.base_unsteered, description=description))
     if ft_texts:
         from difflens.methods.adl.causal import causal_stage
 
@@ -186,10 +197,22 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
             n_texts=sizes.causal_texts, max_tokens=sizes.causal_tokens,
             seed=config.seed, progress=progress))
     run.mark_done("_timings", {"seconds": timings})
-    summary = _summary(run, pair, config, choice, diff, lens, patch, steer, relevance,
-                       description, notes, timings)
-    write_json(run.path / "summary.json", summary)
-    return summary
+    # Similarity and causal as finished in this directory (also by an earlier run that did
+    # not skip them).
+    stored = ADLResult(run.path)
+    summary = ADLSummary.build(
+        run_dir=run.path, base=pair.base_id, finetuned=pair.ft_id, description=description,
+        choice=choice, n_texts=diff.stats.count, k=config.k, notes=notes, timings=timings,
+        lens=layers, patchscope=patch, steering=steer, relevance=relevance,
+        similarity=stored.similarity if run.is_done("similarity") else None,
+        causal=stored.causal if run.is_done("causal") else None)
+    summary.save(run.path)
+    return summary.to_dict()
+
+
+def _record(kind: Any, data: dict[str, Any] | None) -> Any:
+    """A stage's output as its typed record (None when the stage was skipped)."""
+    return None if data is None else kind.from_dict(data)
 
 
 def _overlap_notes(pair: ModelPair, reference: list[str]) -> list[str]:
@@ -205,67 +228,17 @@ def _overlap_notes(pair: ModelPair, reference: list[str]) -> list[str]:
             "copy of the corpus, or pass --corpus with other text."]
 
 
-def _relevance(info: dict[str, Any], patch: dict[str, Any] | None, description: str | None,
+def _relevance(info: LayerLens, patch: Patchscope | None, description: str | None,
                grader: Any, ft_texts: list[str] | None, reference: list[str]) -> dict[str, Any]:
     from difflens.methods.adl.relevance import relevance_stage
 
     readouts = {
-        "logit lens δ̄": (info["mean"]["tokens"], info["mean"]["probs"]),
-        "logit lens base mean": (info["base_mean"]["tokens"], info["base_mean"]["probs"]),
-        "logit lens ft mean": (info["ft_mean"]["tokens"], info["ft_mean"]["probs"]),
+        "logit lens δ̄": (info.mean.tokens, info.mean.probs),
+        "logit lens base mean": (info.base_mean.tokens, info.base_mean.probs),
+        "logit lens ft mean": (info.ft_mean.tokens, info.ft_mean.probs),
     }
-    chosen = (patch or {}).get("chosen") or {}
-    if chosen.get("tokens"):
-        readouts["patchscope"] = (chosen["tokens"], chosen["probs"])
+    chosen = patch.chosen if patch is not None else None
+    if chosen is not None and chosen.tokens:
+        readouts["patchscope"] = (chosen.tokens, chosen.probs)
     return relevance_stage(readouts, description, grader, ft_texts, reference)
 
-
-def _summary(run: RunDir, pair: ModelPair, config: ADLConfig, choice: LayerChoice,
-             diff: DiffCollection,
-             lens: dict[str, Any], patch: dict | None, steer: dict | None,
-             relevance: dict | None, description: str | None, notes: list[str],
-             timings: dict[str, float]) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "run_dir": str(run.path), "base": pair.base_id, "finetuned": pair.ft_id,
-        "description": description, "layer": choice.layer, "layer_choice": choice.to_dict(),
-        "n_texts": diff.stats.count, "k": config.k,
-        "notes": notes, "timings": timings,
-        "layers": {str(lay): {"norm": v["norm"], "relative_norm": v["relative_norm"],
-                              "no_difference": v["no_difference"],
-                              "top_tokens": v["mean"]["tokens"][:20]}
-                   for lay, v in lens["layers"].items()},
-    }
-    if patch and patch.get("chosen"):
-        summary["patchscope"] = {"scale": patch["chosen"].get("scale"),
-                                 "tokens": patch["chosen"].get("coherent_tokens", [])[:20]}
-    if steer:
-        samples = steer.get("samples") or {}
-        confirmations = samples.get("confirmations") or [{}]
-        summary["steering"] = {"found": steer.get("found"), "alpha": steer.get("alpha"),
-                               "search_alpha": steer.get("search_alpha"),
-                               "coherent_fraction": confirmations[-1].get("coherent_fraction"),
-                               "reason": steer.get("reason")}
-        if samples.get("steered"):
-            summary["steering"]["example"] = samples["steered"][0]
-    for name in ("similarity", "causal"):
-        data = read_json(run.path / f"{name}.json") if run.is_done(name) else None
-        if data:
-            summary[name] = _brief(name, data)
-    if relevance and not relevance.get("skipped"):
-        summary["relevance"] = {k: round(v["fraction"], 2)
-                                for k, v in relevance["readouts"].items()}
-    return summary
-
-
-def _brief(name: str, data: dict[str, Any]) -> dict[str, Any]:
-    if name == "similarity":
-        brief = {k: data[k] for k in ("steered_finetune", "unsteered_finetune", "p_value",
-                                      "steered_above_unsteered") if k in data}
-        brief["comparisons"] = [
-            {k: c[k] for k in ("model", "against", "difference", "p_value")}
-            | {"steered": c["steered"]["mean"], "unsteered": c["unsteered"]["mean"]}
-            for c in data.get("comparisons", [])]
-        return brief
-    return {ds: {"delta_ce": data[ds]["delta_ce"],
-                 "outside_random_range": data[ds]["outside_random_range"]}
-            for ds in ("finetune", "reference") if ds in data}

@@ -4,58 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
+from difflens.methods.adl.result import ADLSummary
 
-def print_summary(summary: dict[str, Any]) -> None:
-    layer = str(summary["layer"])
-    print(f"\nADL  base={summary['base']}  finetuned={summary['finetuned']}")
-    print(f"     {summary['n_texts']} texts × k={summary['k']} positions; "
-          f"readout layer {layer}; run dir {summary['run_dir']}")
-    choice = summary.get("layer_choice")
-    if choice:
-        print(f"     readout layer: {choice['reason']}")
+
+def print_summary(summary: dict[str, Any] | ADLSummary) -> None:
+    """Print the run's summary (the runner's return value, or an :class:`ADLSummary`)."""
+    s = summary if isinstance(summary, ADLSummary) else ADLSummary.from_dict(summary)
+    layer = s.layer
+    print(f"\nADL  base={s.base}  finetuned={s.finetuned}")
+    print(f"     {s.n_texts} texts × k={s.k} positions; "
+          f"readout layer {layer}; run dir {s.run_dir}")
+    if s.layer_choice is not None:
+        print(f"     readout layer: {s.layer_choice.reason}")
     print("\n layer  ‖δ̄‖ per position (0=BOS … k-1)          ‖δ̄‖/ν_ft")
-    for lay, info in summary["layers"].items():
-        norms = " ".join(f"{x:7.2f}" for x in info["norm"])
+    for lay, brief in s.layers.items():
+        norms = " ".join(f"{x:7.2f}" for x in brief.norm)
         mark = " <- readout" if lay == layer else ""
-        print(f" {int(lay):>5}  {norms}   {info['relative_norm']:.3f}{mark}")
-    info = summary["layers"][layer]
-    if info["no_difference"]:
+        print(f" {lay:>5}  {norms}   {brief.relative_norm:.3f}{mark}")
+    info = s.layers[layer]
+    if info.no_difference:
         print(f"\nlayer {layer}: no difference between the models (δ̄ ≈ 0); nothing to read.")
     else:
-        tokens = ", ".join(repr(t.strip() or t) for t in info["top_tokens"])
+        tokens = ", ".join(repr(t.strip() or t) for t in info.top_tokens)
         print(f"\nlogit lens of δ̄ (positions 1..k-1) at layer {layer}, top 20:\n  {tokens}")
-    if "patchscope" in summary:
-        ps = summary["patchscope"]
-        tokens = ", ".join(ps["tokens"]) or "(no coherent tokens)"
-        print(f"\nPatchscope (scale {ps['scale']}): {tokens}")
-    if "steering" in summary:
-        st = summary["steering"]
-        if st.get("found"):
-            example = " ".join(str(st.get("example", "")).split())[:200]
-            share = st.get("coherent_fraction")
+    if s.patchscope is not None:
+        tokens = ", ".join(s.patchscope.tokens) or "(no coherent tokens)"
+        print(f"\nPatchscope (scale {s.patchscope.scale}): {tokens}")
+    if s.steering is not None:
+        st = s.steering
+        if st.found:
+            example = " ".join(str(st.example or "").split())[:200]
+            share = st.coherent_fraction
             coherent = "" if share is None else f" ({share:.0%} of the final samples coherent)"
-            print(f"\nSteering: strongest coherent α = {st['alpha']} ν_ft{coherent}; "
+            print(f"\nSteering: strongest coherent α = {st.alpha} ν_ft{coherent}; "
                   f"e.g. “{example}”")
         else:
-            print(f"\nSteering: no coherent strength found ({st.get('reason')})")
-    if "relevance" in summary:
-        rel = ", ".join(f"{k}: {v:.0%}" for k, v in summary["relevance"].items())
+            print(f"\nSteering: no coherent strength found ({st.reason})")
+    if s.relevance is not None:
+        rel = ", ".join(f"{k}: {v:.0%}" for k, v in s.relevance.items())
         print(f"\nToken relevance to the description: {rel}")
-    if "similarity" in summary:
-        sim = summary["similarity"]
-        s, u = sim["steered_finetune"], sim["unsteered_finetune"]
-        print(f"\nSimilarity to finetune docs: steered {s['mean']:.3f} "
-              f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] vs unsteered {u['mean']:.3f} "
-              f"[{u['ci_low']:.3f}, {u['ci_high']:.3f}], p = {sim['p_value']:.4f}")
-        for c in sim.get("comparisons", [])[1:]:
-            print(f"  {c['model']} model steered vs unsteered, similarity to {c['against']}: "
-                  f"{c['steered']:.3f} vs {c['unsteered']:.3f}, p = {c['p_value']:.4f}")
-    if "causal" in summary:
-        parts = [f"{ds} ΔCE {v['delta_ce']:+.4f}"
-                 f"{' (outside random range)' if v['outside_random_range'] else ''}"
-                 for ds, v in summary["causal"].items()]
+    if s.similarity is not None:
+        sim = s.similarity
+        st_ft, un_ft = sim.intervals["steered_finetune"], sim.intervals["unsteered_finetune"]
+        print(f"\nSimilarity to finetune docs: steered {st_ft.mean:.3f} "
+              f"[{st_ft.ci_low:.3f}, {st_ft.ci_high:.3f}] vs unsteered {un_ft.mean:.3f} "
+              f"[{un_ft.ci_low:.3f}, {un_ft.ci_high:.3f}], p = {sim.p_value:.4f}")
+        for c in sim.comparisons[1:]:
+            print(f"  {c.model} model steered vs unsteered, similarity to {c.against}: "
+                  f"{c.steered:.3f} vs {c.unsteered:.3f}, p = {c.p_value:.4f}")
+    if s.causal is not None:
+        parts = [f"{ds} ΔCE {v.delta_ce:+.4f}"
+                 f"{' (outside random range)' if v.outside_random_range else ''}"
+                 for ds, v in s.causal.items()]
         print(f"\nCausal effect of removing δ̄: {'; '.join(parts)}")
-    for note in summary.get("notes", []):
+    for note in s.notes:
         print(f"\nnote: {note}")
-    if "report" in summary:
-        print(f"\nreport: {summary['report']}")
+    if s.report is not None:
+        print(f"\nreport: {s.report}")

@@ -16,6 +16,8 @@ Typical use::
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 # Lazy: `difflens --help` imports the dictionary CLI, which must not pull in torch.
@@ -98,3 +100,22 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(ModuleType):
+    """The package's module type: keeps an exported name from being shadowed by a submodule.
+
+    Importing a submodule binds it on its package (``package.latent_scaling = <module>``); for
+    ``latent_scaling`` the submodule and the function it exports share a name, and the binding
+    would make ``from difflens.methods.dictionary import latent_scaling`` return the module.
+    Such a binding is dropped here, so the name resolves to the export (through
+    :func:`__getattr__`); the submodule itself stays reachable by its full import path."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, ModuleType) and _LAZY.get(name) == name:
+            self.__dict__.pop(name, None)
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

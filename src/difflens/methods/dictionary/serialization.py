@@ -1,45 +1,33 @@
 """Atomic safetensors / JSON files and state-shape checks (no pickle anywhere).
 
-Every write goes to a temporary file in the destination directory and is moved into place with
-``os.replace``, so a crash leaves either the old file or the new one, never half a file.
+Writes and reads go through :mod:`difflens.io.artifacts`: every write lands in a temporary file
+in the destination directory and is moved into place with ``os.replace`` (a crash leaves the old
+file or the new one, never half a file); safetensors metadata is written in sorted key order and
+JSON with sorted keys, so the same training run gives byte-identical files (nothing here records
+a time); every read turns a missing or malformed file into one line naming it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from difflens.errors import DifflensError
+from difflens.io import artifacts
+from difflens.io.artifacts import atomic_write_bytes
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["atomic_write_bytes", "check_state", "load_tensors", "read_json", "save_tensors",
+           "to_device", "write_json"]
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Atomically write ``obj`` as indented JSON with sorted keys."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -47,19 +35,13 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DifflensError(f"{what} not found at {path}; check the path")
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DifflensError(f"{what} at {path} is not valid JSON ({err}); re-create it") from err
-    if not isinstance(obj, dict):
-        raise DifflensError(f"{what} at {path} is not a JSON object; re-create it")
-    return obj
+    return artifacts.read_json(path, what=what, fix="re-create it", expect=dict)
 
 
 def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write ``tensors`` (moved to CPU, made contiguous) as safetensors."""
-    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_bytes(path, safetensors_bytes(cpu, metadata=metadata))
+    """Atomically write ``tensors`` (moved to CPU, made contiguous) as safetensors, metadata in
+    a fixed key order."""
+    artifacts.write_tensors(Path(path), dict(tensors), metadata)
 
 
 def load_tensors(path: Path, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -67,13 +49,7 @@ def load_tensors(path: Path, what: str) -> tuple[dict[str, Tensor], dict[str, st
     path = Path(path)
     if not path.is_file():
         raise DifflensError(f"{what} not found at {path}; check the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-            metadata = dict(f.metadata() or {})
-    except (SafetensorError, OSError) as err:
-        raise DifflensError(f"{what} at {path} is unreadable ({err}); re-create it") from err
-    return tensors, metadata
+    return artifacts.read_tensors(path, what=what, fix="re-create it")
 
 
 def check_state(

@@ -13,12 +13,11 @@ Run directory layout::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from difflens.errors import DifflensError
 from difflens.io.artifacts import (
     read_json,
     read_optional_json,
@@ -26,7 +25,11 @@ from difflens.io.artifacts import (
     write_json,
     write_tensors,
 )
-from difflens.methods.mining.aggregate import MiningCounts
+
+if TYPE_CHECKING:  # torch loads only with the counts, so readers of a summary stay light
+    import torch
+
+    from difflens.methods.mining.aggregate import MiningCounts
 
 COUNTS_FILE = "counts.safetensors"
 EXTRACT_TIMING_FILE = "extract_seconds.json"
@@ -52,6 +55,8 @@ class CorpusCounts:
     seconds: float = 0.0
 
     def save(self, run: Path) -> None:
+        import torch
+
         tensors, meta = self.counts.to_tensors()
         tensors = {**tensors, "corpus_ids": self.ids.to(torch.int32),
                    "corpus_attention": self.attention.to(torch.uint8)}
@@ -62,6 +67,8 @@ class CorpusCounts:
 
     @classmethod
     def load(cls, run: Path) -> CorpusCounts:
+        from difflens.methods.mining.aggregate import MiningCounts
+
         tensors, meta = read_tensors(run / COUNTS_FILE)
         ids = tensors.pop("corpus_ids").long()
         attention = tensors.pop("corpus_attention").bool()
@@ -101,8 +108,30 @@ class MiningResult:
 
     @classmethod
     def load(cls, run: Path | str) -> MiningResult:
-        data = read_json(Path(run) / SUMMARY_FILE)
-        return cls(**data)
+        """Read ``summary.json`` of the run in ``run``.
+
+        Fields a summary lacks (one written by an older difflens, or assembled by hand) read as
+        :data:`_MISSING` gives them; keys this class does not know are ignored.  A run without
+        a summary, or one that does not parse or has no ``promoted`` list, is a one-line
+        :class:`DifflensError` naming the directory and saying to re-run.
+        """
+        run = Path(run)
+        try:
+            data = read_optional_json(run / SUMMARY_FILE)
+        except DifflensError:
+            data = "not valid JSON"
+        if data is None:
+            raise DifflensError(f"{run} is not a finished Diff Mining run (no {SUMMARY_FILE}); "
+                                f"re-run `difflens mine --out {run}` to finish it")
+        if not isinstance(data, dict) or not isinstance(data.get("promoted"), list):
+            why = data if isinstance(data, str) else "no promoted tokens"
+            raise DifflensError(f"{run} holds a Diff Mining run whose {SUMMARY_FILE} cannot be "
+                                f"read ({why}); it is corrupt or from an older difflens: re-run "
+                                "`difflens mine` into a fresh --out directory")
+        known = {f.name for f in fields(cls)}
+        values = {**_MISSING, "run_dir": str(run),
+                  **{k: v for k, v in data.items() if k in known}}
+        return cls(**values)
 
     def top_tokens(self, n: int = 20) -> list[str]:
         """The ``n`` most promoted tokens (Top-K occurrence), as decoded."""
@@ -111,3 +140,11 @@ class MiningResult:
     def orderings(self) -> dict[str, Any]:
         """The full ``orderings.json`` of this run."""
         return read_json(Path(self.run_dir) / ORDERINGS_FILE)
+
+
+#: What a field absent from ``summary.json`` reads as (``promoted`` is required).
+_MISSING: dict[str, Any] = {
+    "base": "", "finetuned": "", "lens": "", "layer": 0, "n_texts": 0, "n_positions": 0,
+    "vocab": 0, "top_k": 0, "no_difference": False, "max_abs_delta": 0.0, "suppressed": [],
+    "topics": None, "examples": [],
+}
