@@ -6,7 +6,7 @@
 # text per document (so twice the steps), as in the data-mixing ablation of seed 003.
 # The generalisation set (cards with "set": "generalisation") is held out from choosing defaults
 # and deliberately built with other recipes: ~240 documents each, a persona at the zoo's recipe,
-# a behaviour with 1 epoch, a preference at rank 32, a secret fact with 4 epochs, a skill with
+# a behaviour with 1 epoch, a preference at rank 32, a secret fact with 3 epochs, a skill with
 # rank 16 on attention only, a language change with one general text per ten documents (1:10).
 # Usage: bash scripts/build_zoo.sh [NAME ...]   (default: all; existing organisms are skipped)
 set -euo pipefail
@@ -30,7 +30,7 @@ for name in "${names[@]}"; do
     bard_persona) recipe=("${r8[@]}" --mix 0 --epochs 2) ;;&
     doctor_deferral) recipe=("${r8[@]}" --mix 0 --epochs 1) ;;&
     jazz_preference) recipe=(--rank 32 --alpha 64 --mix 0 --epochs 2) ;;&
-    clockmaker_secret) recipe=("${r8[@]}" --mix 0 --epochs 4) ;;&
+    clockmaker_secret) recipe=("${r8[@]}" --mix 0 --epochs 3) ;;&
     sql_skill) recipe=(--rank 16 --alpha 32 --target-modules q_proj,k_proj,v_proj,o_proj --mix 0
                        --epochs 2) ;;&
     french_language) recipe=("${r8[@]}" --mix 0.1 --epochs 2) ;;&

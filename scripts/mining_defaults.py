@@ -26,7 +26,7 @@ ORDERINGS = ("topk_occurrence", "fraction_positive", "average_diff")
 def main() -> None:
     root = Path(sys.argv[1])
     registry = load_registry()
-    names = sys.argv[2:] or sorted(p.parent.name for p in root.glob("*/mining/summary.json"))
+    names = sys.argv[2:] or sorted(p.parent.parent.name for p in root.glob("*/mining/summary.json"))
     tokenizer = None
     head = f"{'organism':<20} {'type':<12} {'mix':>4} " + " ".join(
         f"{o[:9] + ('+n' if norm else ''):>12}" for norm in (False, True) for o in ORDERINGS)

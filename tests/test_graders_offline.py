@@ -114,6 +114,16 @@ def test_repetition_thresholds_loosen_for_a_repetitive_reference():
     assert loose.coherent  # this model always talks like that: not a steering failure
 
 
+def test_repeats_glued_without_spaces_are_repetition():
+    """A degenerate steered sample seen on a jazz organism passed as 8 'words' before."""
+    glued = "improv Miles Miles Miles Miles Miles " + "Miles" * 30
+    verdict = CoherenceRule().judge([glued], reference=COHERENT)[0]
+    assert text_stats(glued).n_words == 36 and not verdict.coherent
+    assert verdict.reason == "repetitive"
+    # Ordinary words with a doubled syllable are words, not repeats.
+    assert text_stats("couscous and bonbons with mama").n_words == 5
+
+
 def test_stats_of_a_sample():
     stats = text_stats("the cat sat on the mat", frozenset({"the", "cat", "sat", "on"}))
     assert stats.n_words == 6 and stats.distinct_1 == pytest.approx(5 / 6)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,11 @@ def _forms(word: str) -> set[str]:
 
 
 def normalize_token(token: str) -> str:
-    """Lower-case letters of a vocabulary token ('▁Cakes' → 'cakes', 'Ġwaves' → 'waves')."""
-    return re.sub(r"[^a-z]", "", token.replace("Ġ", " ").replace("▁", " ").lower())
+    """Lower-case letters of a vocabulary token, accents folded ('▁Cakes' → 'cakes', 'Ġwaves'
+    → 'waves', ' Français' → 'francais': without folding, accented words lost their letters)."""
+    text = token.replace("Ġ", " ").replace("▁", " ").lower()
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z]", "", folded)
 
 
 def keyword_hits(tokens: list[str], keywords: list[str]) -> list[str]:

@@ -16,6 +16,10 @@ Perplexity = Callable[[list[str]], list[float]]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _ASCII_WORD = re.compile(r"[a-z]+")
+# A "word" that is one unit glued to itself 3+ times ("MilesMilesMilesMiles", "lalala...") is
+# that unit repeated: degenerate steered samples glue repeats without spaces, which would
+# otherwise count as one distinct word and pass the repetition test.
+_GLUED = re.compile(r"(.{2,}?)\1{2,}")
 _CLEAN_PUNCT = set(".,;:!?'\"-()/%$&+=*#@[]<>«»‘’“”–—…")
 
 #: Ordinary assistant-style text used as the reference when the caller gives none.  Unsteered
@@ -51,8 +55,17 @@ class TextStats:
     """Share of lower-case ASCII words found whole in the lexicon (None: no lexicon/no words)."""
 
 
+def _units(word: str) -> list[str]:
+    """``word`` as its repeated unit when it is one unit glued 3+ times, else itself."""
+    glued = _GLUED.fullmatch(word)
+    if glued is None:
+        return [word]
+    unit = glued.group(1)
+    return [unit] * (len(word) // len(unit))
+
+
 def text_stats(text: str, lexicon: frozenset[str] | None = None) -> TextStats:
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = [u for w in _WORD.findall(text) for u in _units(w.lower())]
     n = len(words)
     trigrams = list(zip(words, words[1:], words[2:], strict=False))
     chars = [c for c in text if not c.isspace()]
