@@ -168,10 +168,13 @@ def _prepare_agents(args: argparse.Namespace, names: list[str], runs_root: str) 
     before any other work."""
     from difflens.evaluation.harness import EvalConfig
     from difflens.graders import LLMGrader, OfflineGrader
-    from difflens.llm import LLMClient, LLMConfig
+    from difflens.llm import LLMClient, llm_config_from_fields
 
-    grader_llm = LLMConfig(base_url=args.llm_base_url, model=args.llm_model or args.agent_model,
-                           api_key_env=args.llm_api_key_env)
+    # The grader model: --llm-model, else the agent's model, else the one default of
+    # llm_config_from_fields.  The caller checked that --llm-base-url is given.
+    grader_llm = llm_config_from_fields({"llm_base_url": args.llm_base_url,
+                                         "llm_model": args.llm_model or args.agent_model,
+                                         "llm_api_key_env": args.llm_api_key_env})
     agent_llm = grader_llm.replace(model=args.agent_model or grader_llm.model)
     config = EvalConfig(out=args.out, organisms=names, agents=list(args.agents),
                         budgets=list(args.budgets), repeats=args.repeats,

@@ -70,14 +70,10 @@ def make_grader(args: argparse.Namespace):
     from difflens.cli_args import llm_fields
     from difflens.errors import DifflensError
     from difflens.graders import make_grader as factory
+    from difflens.llm import llm_config_from_fields
 
-    fields = llm_fields(args)
-    if fields:
-        from difflens.llm import LLMConfig
-
-        model = {"model": fields["llm_model"]} if fields["llm_model"] else {}
-        llm = LLMConfig(base_url=fields["llm_base_url"], api_key_env=fields["llm_api_key_env"],
-                        **model)
+    llm = llm_config_from_fields(llm_fields(args))
+    if llm is not None:
         return factory(llm, check_reachable=True)
     try:
         return factory(None)
