@@ -42,6 +42,9 @@ from difflens.models.generation import SamplingConfig, base_perplexity
 from difflens.models.loading import EMBEDDED, LoadOptions, load_causal_lm
 from difflens.models.pair import ModelPair
 
+# A fixed late layer: the benchmark times the search, not ADL's layer choice.
+BENCH_DEPTH = 0.8
+
 
 class RepetitionGrader:
     """Fallback coherence: incoherent when under half of the word trigrams are distinct or a
@@ -62,8 +65,6 @@ class RepetitionGrader:
     def describe(self) -> dict[str, Any]:
         return {"backend": "benchmark repetition rule (distinct-3 >= 0.5, top word <= 40%)"}
 
-
-BENCH_DEPTH = 0.8
 
 
 def load_pair(notes: list[str], base: str | None = None, device: str = "cpu",
@@ -183,8 +184,7 @@ def main() -> None:
     notes: list[str] = []
     t0 = time.perf_counter()
     pair = load_pair(notes, args.base, args.device, args.dtype)
-    # A fixed late layer: the benchmark times the search, not the layer choice (which needs
-    # every layer collected; on the embedded organisms ADL chooses 15 of 18).
+    # (ADL's own choice needs every layer collected; on the embedded organisms it is 15 of 18.)
     layer = pair.arch("ft").resolve_layer(BENCH_DEPTH)
     vector, norm_ft = steering_vector(pair, layer, args.texts, notes)
     grader = make_grader(pair, notes)
