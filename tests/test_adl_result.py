@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from difflens.errors import DifflensError
-from difflens.methods.adl.layer_choice import LayerChoice
 from difflens.methods.adl.records import Interval, LayerLens, Readout
 from difflens.methods.adl.result import ADLResult, ADLSummary
+from difflens.stats.layer_choice import LayerChoice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

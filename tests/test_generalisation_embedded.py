@@ -19,8 +19,8 @@ import pytest
 
 from difflens.evaluation.zoo import evaluate_zoo
 from difflens.evaluation.zoo_runs import ZooRunConfig, run_zoo
-from difflens.methods.adl.layer_choice import RULE
 from difflens.organisms.registry import load_registry
+from difflens.stats.layer_choice import RULE
 
 _registry = load_registry()
 GENERALISATION = sorted(n for n, e in _registry.items()

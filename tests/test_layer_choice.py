@@ -11,9 +11,9 @@ import pytest
 from difflens.api import run_adl
 from difflens.evaluation.layer_rules import LayerEvidence, compare_rules, format_rules_table
 from difflens.methods.adl.config import ADLConfig
-from difflens.methods.adl.layer_choice import RULE, LayerChoice, choose_layer
 from difflens.methods.adl.runner import readout_layer
 from difflens.models.pair import ModelPair
+from difflens.stats.layer_choice import RULE, LayerChoice, choose_layer
 from tiny import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -136,3 +136,26 @@ def _norm_window(tokenizer: Any, texts: list[str], start: int, length: int) -> t
         if tokens.shape[0] >= min(16, len(texts)):
             return tokens
     return first_k_tokens(tokenizer, texts, 2)
+
+
+def choose_readout_layer(pair: ModelPair, texts: list[str], k: int = 5, batch_size: int = 64,
+                         progress: bool = True) -> Any:
+    """The readout layer by ADL's rule (:func:`difflens.stats.layer_choice.choose_layer`), from
+    a short pass over the first ``k`` tokens of ``texts`` reading every layer.
+
+    For methods that need "the layer ADL would read" without an ADL run (KL norms, PCA): the
+    rule's only input is ‖δ̄_ℓ‖/ν^ft_ℓ per layer, δ̄ averaged over positions 1..k-1 (BOS kept
+    apart), ν^ft from :func:`collect_norms`.  Returns a
+    :class:`~difflens.stats.layer_choice.LayerChoice`.
+    """
+    from difflens.stats.layer_choice import choose_layer
+
+    layers = list(range(pair.num_layers))
+    stats = collect_mean_diff(pair, texts, layers, k=k, batch_size=batch_size, progress=progress)
+    norms = collect_norms(pair, texts, layers, progress=progress)
+    rel = {}
+    for layer in layers:
+        delta = stats.mean_diff(layer)  # (k, d)
+        avg = delta[1:].mean(0) if delta.shape[0] > 1 else delta[0]
+        rel[layer] = float(avg.norm()) / max(norms[FT][layer], 1e-12)
+    return choose_layer(rel, pair.num_layers)

@@ -5,7 +5,7 @@ relative difference ‖δ̄‖/ν_ft per layer — both in every ADL run, which 
 rules compared:
 
 * ``fixed 0.75`` — the old default (a relative depth per model family);
-* ``chosen`` — ADL's rule (:func:`difflens.methods.adl.layer_choice.choose_layer`), which sees
+* ``chosen`` — ADL's rule (:func:`difflens.stats.layer_choice.choose_layer`), which sees
   only the relative differences;
 * ``best fixed (hindsight)`` — the one layer with the most hits summed over the set it is
   scored on: a ceiling for any fixed layer, tuned on the answer;
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from difflens.methods.adl.layer_choice import choose_layer
+from difflens.stats.layer_choice import choose_layer
 
 OLD_DEPTH = 0.75  # the fixed Gemma 3 depth before the readout layer was chosen from the data
 

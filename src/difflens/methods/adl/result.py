@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from difflens.errors import DifflensError
 from difflens.io.artifacts import read_optional_json, write_json
-from difflens.methods.adl.layer_choice import LayerChoice
 from difflens.methods.adl.records import (
     CausalEffect,
     Interval,
@@ -43,6 +42,7 @@ from difflens.methods.adl.records import (
     int_keys,
     lens_layers,
 )
+from difflens.stats.layer_choice import LayerChoice
 
 if TYPE_CHECKING:
     from difflens.methods.adl.collect_stage import DiffCollection

@@ -19,7 +19,6 @@ from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
 from difflens.methods.adl.collect_stage import DiffCollection, collect
 from difflens.methods.adl.config import ADLConfig, resolve_defaults
-from difflens.methods.adl.layer_choice import LayerChoice, choose_layer, user_layer
 from difflens.methods.adl.lens_stage import lens_readouts
 from difflens.methods.adl.records import (
     LayerLens,
@@ -33,6 +32,7 @@ from difflens.methods.adl.result import ADLResult, ADLSummary, stage_file
 from difflens.models.device import is_gpu
 from difflens.models.loading import LoadOptions
 from difflens.models.pair import ModelPair
+from difflens.stats.layer_choice import LayerChoice, choose_layer, user_layer
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Choosing ADL's readout layer from the run's own data, never from the answer.
+"""Choosing the readout layer from a run's own data, never from the answer (ADL, KL, PCA).
 
 The rule sees one number per layer: the relative difference ‖δ̄_ℓ‖ / ν^ft_ℓ (the mean
 difference over positions 1..k-1 in units of a typical finetuned activation).  It never sees
