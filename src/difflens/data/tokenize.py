@@ -25,6 +25,56 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+# Characters tokenised per wanted token before falling back to the whole text: English runs at
+# ~4 characters per token, so 12 leaves a wide margin for long words, numbers and URLs.
+CHARS_PER_TOKEN = 12
+# Tokens past the wanted ones that the prefix must yield: the last tokens of a cut text may merge
+# differently from the whole text's, so the ones kept sit at least this far from the cut.
+SAFETY_TOKENS = 2
+
+
+def encode_first(tokenizer: Any, texts: list[str], n: int) -> list[list[int]]:
+    """The first ``n`` ids of :func:`encode` for every text, tokenising only a prefix.
+
+    ADL keeps 5 tokens of texts that run to thousands of characters; tokenising whole texts
+    was 4.0 of the 4.8 s of a 10k-text collection on a GPU.  Each text is cut to
+    ``n · CHARS_PER_TOKEN`` characters, at a space when there is one (a token never spans
+    the cut then), and the texts are tokenised in one batched call; a text whose prefix yields
+    fewer than ``n + SAFETY_TOKENS`` ids is tokenised whole, so the ids are those of the whole
+    text (tested against :func:`encode` on the shipped corpora).
+
+    Returns:
+        one list of at most ``n`` ids per text (fewer when the whole text is shorter).
+    """
+    budget = max(64, n * CHARS_PER_TOKEN)
+    prefixes = [_cut(text, budget) for text in texts]
+    encoded = _encode_batch(tokenizer, prefixes)
+    redo = [i for i, (ids, text, cut) in enumerate(zip(encoded, texts, prefixes, strict=True))
+            if len(cut) < len(text) and len(ids) < n + SAFETY_TOKENS]
+    for i, ids in zip(redo, _encode_batch(tokenizer, [texts[i] for i in redo]), strict=True):
+        encoded[i] = ids
+    return [ids[:n] for ids in encoded]
+
+
+def _cut(text: str, budget: int) -> str:
+    """``text`` cut to about ``budget`` characters, before a space when one is near the end."""
+    if len(text) <= budget:
+        return text
+    space = text.rfind(" ", budget // 2, budget)
+    return text[:space] if space > 0 else text[:budget]
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """:func:`encode` of many texts in one tokenizer call (fast tokenizers batch in Rust)."""
+    if not texts:
+        return []
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return [list(ids) for ids in rows]
+    return [list(ids) if ids and ids[0] == bos else [bos, *ids] for ids in rows]
+
+
 def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     """Readable text of single tokens (byte-level and SentencePiece markers resolved by the
     tokenizer's own decoder, spaces kept)."""
@@ -32,7 +82,7 @@ def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def first_k_tokens(tokenizer: Any, texts: list[str], k: int) -> Any:
-    """Tokenise ``texts`` and keep the first ``k`` tokens of each.
+    """The first ``k`` tokens of each text (only a prefix of each is tokenised).
 
     Returns:
         ``(N, k)`` LongTensor, N = number of texts with at least k tokens.
@@ -42,11 +92,7 @@ def first_k_tokens(tokenizer: Any, texts: list[str], k: int) -> Any:
     import torch
 
     check_k(k)
-    rows = []
-    for text in texts:
-        ids = encode(tokenizer, text)
-        if len(ids) >= k:
-            rows.append(ids[:k])
+    rows = [ids for ids in encode_first(tokenizer, texts, k) if len(ids) >= k]
     dropped = len(texts) - len(rows)
     if dropped:
         log.info("dropped %d of %d texts shorter than %d tokens", dropped, len(texts), k)

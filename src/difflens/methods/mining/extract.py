@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from difflens.data.padding import pad_id, pad_rows
-from difflens.data.tokenize import encode
+from difflens.data.tokenize import encode_first
 from difflens.errors import DifflensError
 from difflens.models.hooks import capture, run_forward
 from difflens.models.pair import BASE, FT
@@ -55,7 +55,7 @@ def tokenize_padded(tokenizer: Any, texts: list[str], max_tokens: int
     Returns:
         ``ids``: ``(N, T)`` int64 and ``attention``: ``(N, T)`` bool, T = ``max_tokens``.
     """
-    rows = [encode(tokenizer, text)[:max_tokens] for text in texts]
+    rows = encode_first(tokenizer, texts, max_tokens)  # only a prefix of each is tokenised
     ids, mask = pad_rows(rows, pad_id(tokenizer), width=max_tokens)
     return ids, mask.bool()
 
