@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from difflens.graders.base import ScaleChoice
-from difflens.methods.adl.patchscope import (
+from difflens.methods.adl.patchscope import patchscope_stage
+from difflens.models.hooks import capture
+from difflens.models.pair import ModelPair
+from difflens.models.patchscope import (
     DEFAULT_SCALES,
     IDENTITY_PROMPTS,
     choose_scale,
     patchscope_probs,
-    patchscope_stage,
     shared_top_tokens,
     unit_scaled,
 )
-from difflens.models.hooks import capture
-from difflens.models.pair import ModelPair
 from tiny import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

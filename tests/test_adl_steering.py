@@ -16,14 +16,7 @@ import torch
 
 from difflens.data.chat import chat_prompt
 from difflens.data.padding import left_padded
-from difflens.methods.adl.steering import (
-    SteeringConfig,
-    bisect,
-    decision_tree,
-    next_lower,
-    search_strength,
-    steering_stage,
-)
+from difflens.methods.adl.steering import steering_stage
 from difflens.models.generation import (
     SamplingConfig,
     Steer,
@@ -34,6 +27,13 @@ from difflens.models.generation import (
 )
 from difflens.models.hooks import capture
 from difflens.models.pair import ModelPair
+from difflens.models.steering import (
+    SteeringConfig,
+    bisect,
+    decision_tree,
+    next_lower,
+    search_strength,
+)
 from tiny import FAMILIES, tiny_model
 
 USER_PROMPTS = [

@@ -24,11 +24,16 @@ from difflens.organisms.config import module_list
 REQUIRED = {
     ("adl",): [],
     ("mine",): [],
+    ("weights",): [],
+    ("kl",): [],
+    ("pca",): [],
+    ("amplify",): [],
     ("cache",): ["--out", "<new>/cache"],
     ("train", "crosscoder"): ["--cache", "<emptydir>", "--out", "<new>/train"],
     ("train", "diff-sae"): ["--cache", "<emptydir>", "--out", "<new>/train"],
     ("analyze",): ["<emptydir>"],
     ("eval",): ["--out", "<new>/eval"],
+    ("agent",): ["--out", "<new>/agent"],
     ("organism", "build"): ["--documents", "<docs>", "--out", "<new>/organism"],
 }
 
@@ -117,6 +122,9 @@ def tripwires(monkeypatch):
         raise AssertionError("reached work or a model load with a bad flag value")
 
     monkeypatch.setattr(ModelPair, "load", tripped)
+    import difflens.api as api  # `difflens weights` reads checkpoints, not a ModelPair
+
+    monkeypatch.setattr(api, "run_weights", tripped)
     for module, name in ((runner, "train_on_cache"), (runner, "build_cache"),
                          (analysis, "analyze"), (zoo, "evaluate_zoo"), (zoo_runs, "run_zoo"),
                          (builder, "build_organism")):

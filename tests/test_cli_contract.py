@@ -47,6 +47,14 @@ def test_every_command_runs_with_only_its_required_arguments(tmp_path, tiny_dir,
         ["adl", *models, "--quiet", "--out", "adl"],
         ["report", "adl"],
         ["mine", *models, "--quiet", "--out", "mine"],
+        ["weights", *models, "--quiet", "--out", "weights"],
+        ["report", "weights"],
+        ["kl", *models, "--quiet", "--out", "kl"],
+        ["report", "kl"],
+        ["pca", *models, "--quiet", "--out", "pca"],
+        ["report", "pca"],
+        ["amplify", *models, "--quiet", "--out", "amplify"],
+        ["report", "amplify"],
         ["cache", *models, "--out", "cache", "--quiet"],
         # The default 10,000 steps take minutes even on the tiny cache: fewer here, every other
         # training setting (width included) at its default.
@@ -64,6 +72,21 @@ def test_every_command_runs_with_only_its_required_arguments(tmp_path, tiny_dir,
         assert "Traceback" not in err, (argv, err)
     config = json.loads((tmp_path / "cc" / "training.json").read_text())
     assert config["dictionary"]["width"] == 8 * 32  # the help's promise: 8 × d
+
+
+def test_agent_runs_with_only_its_required_arguments(openai_server, tmp_path, tiny_dir,
+                                                     tiny_ft_dir, capsys, monkeypatch):
+    """`agent` needs an endpoint (its only required flag besides the pair): the scripted server
+    answers every turn with a final answer; the default method (ADL, default settings) runs."""
+    monkeypatch.chdir(tmp_path)
+    openai_server.add(Rule("", tool_calls=[{"name": "final_answer",
+                                            "arguments": {"description": "A test answer."}}]))
+    argv = ["agent", "--base", str(tiny_dir), "--finetuned", str(tiny_ft_dir),
+            "--llm-base-url", openai_server.base_url]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "hypothesis: A test answer." in capsys.readouterr().out
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("agent-") and (run / "adl" / "summary.json").is_file()
 
 
 # ---- argparse and flag values ----------------------------------------------------------------

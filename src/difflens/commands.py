@@ -12,16 +12,33 @@ __all__ = ["add_llm_args", "llm_fields", "register_all"]
 def register_all(sub: argparse._SubParsersAction) -> None:
     _register_adl(sub)
     _register_mine(sub)
+    _register_kl(sub)
+    _register_amplify(sub)
+    _register_pca(sub)
+    _register_weights(sub)
     _register_organism(sub)
     _register_report(sub)
     _register_eval(sub)
+    _register_agent(sub)
     from difflens.methods.dictionary.cli import add_parsers as add_dictionary_parsers
 
     add_dictionary_parsers(sub)
 
 
+def _register_agent(sub: argparse._SubParsersAction) -> None:
+    from difflens.agent.cli import add_parser
+
+    add_parser(sub)
+
+
 def _register_eval(sub: argparse._SubParsersAction) -> None:
     from difflens.evaluation.cli import add_parser
+
+    add_parser(sub)
+
+
+def _register_weights(sub: argparse._SubParsersAction) -> None:
+    from difflens.methods.weights.cli import add_parser
 
     add_parser(sub)
 
@@ -31,6 +48,24 @@ def _register_mine(sub: argparse._SubParsersAction) -> None:
         from difflens.methods.mining.cli import add_parser
     except ImportError:  # pragma: no cover - mining not present in this build
         return
+    add_parser(sub)
+
+
+def _register_pca(sub: argparse._SubParsersAction) -> None:
+    from difflens.methods.pca.cli import add_parser
+
+    add_parser(sub)
+
+
+def _register_amplify(sub: argparse._SubParsersAction) -> None:
+    from difflens.methods.amplify.cli import add_parser
+
+    add_parser(sub)
+
+
+def _register_kl(sub: argparse._SubParsersAction) -> None:
+    from difflens.methods.kl.cli import add_parser
+
     add_parser(sub)
 
 

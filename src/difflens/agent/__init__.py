@@ -5,10 +5,23 @@ describes what the finetune taught.
 >>> run = run_agent(LLMClient(cfg), adl_results("runs/adl"), access, AgentConfig(budget=5))
 >>> run.description, run.hypotheses, run.accounting                      # doctest: +SKIP
 
-Importing this package loads neither torch nor openai.
+On any pair, method runs included (``difflens agent``; :mod:`difflens.agent.session`):
+
+>>> answer = difflens.agent("base-dir", "ft-dir", llm_base_url=URL, llm_model="gpt-5",
+...                         methods="adl,mining")                       # doctest: +SKIP
+>>> answer["description"], answer["hypotheses"], answer["files"]        # doctest: +SKIP
+
+This package is itself callable (``difflens.agent(...)`` is
+:func:`~difflens.agent.session.run_pair_agent`): ``difflens.agent`` names the package as soon as
+any of its modules is imported, so a plain function of that name in ``difflens/__init__.py``
+would be shadowed.  Importing this package loads neither torch nor openai.
 """
 
 from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 from difflens.agent.access import ModelAccess, PairAccess
 from difflens.agent.anonymize import Anonymizer
@@ -32,3 +45,15 @@ __all__ = [
     "run_agent",
     "tool_specs",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """Makes ``difflens.agent(...)`` run the agent on a pair (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        from difflens.agent.session import run_pair_agent
+
+        return run_pair_agent(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -51,6 +51,19 @@ class PairAccess:
         diff = result.difference()
         return cls(pair, diff.vector(layer), layer, diff.norms["ft"][layer], **kw)
 
+    @classmethod
+    def for_run(cls, pair: Any, steering_run: Path | str | None = None,
+                max_new_tokens: int = 48) -> PairAccess:
+        """Access over ``pair``, steering along the difference vector of ``steering_run`` (an
+        ADL run directory) when it holds one; otherwise (no run, no saved δ̄) asking only, and
+        ``generate_steered`` answers that steering is unavailable."""
+        if steering_run is not None and (Path(steering_run) / "summary.json").is_file():
+            try:
+                return cls.from_adl_run(pair, steering_run, max_new_tokens=max_new_tokens)
+            except (DifflensError, OSError, KeyError):
+                pass  # no saved δ̄: steering is unavailable, asking still works
+        return cls(pair, max_new_tokens=max_new_tokens)
+
     def ask(self, question: str, side: str) -> str:
         if side not in SIDES:
             raise DifflensError(f"model must be 'finetuned' or 'base', not {side!r}")

@@ -39,13 +39,7 @@ record_hypothesis as you go, and finish with final_answer(description): a few se
 describing the finetuning objective as specifically as you can.
 """
 
-METHOD_TEXT = {
-    "adl": "You are given the results of the Activation Difference Lens, which reads the average "
-           "activation difference between the finetuned and the base model on unrelated text.",
-    "mining": "You are given the results of Diff Mining, which lists the tokens whose "
-              "predictions the finetune changes most on unrelated text.",
-    "blackbox": "You have no diffing results: only the models themselves.",
-}
+BLACKBOX_TEXT = "You have no diffing results: only the models themselves."
 
 
 @dataclass(frozen=True)
@@ -78,6 +72,7 @@ class AgentRun:
     hypotheses: list[str] = field(default_factory=list)
     interactions_used: int = 0
     interactions_refused: int = 0
+    tools_called: list[str] = field(default_factory=list)
     turns: int = 0
     error: str | None = None
     transcript: list[dict[str, Any]] = field(default_factory=list)
@@ -99,7 +94,7 @@ def run_agent(client: LLMClient, results: Results, access: ModelAccess | None,
     config = config or AgentConfig()
     anon = anonymizer or Anonymizer([])
     box = ToolBox(results, access, config.budget, anon)
-    specs = tool_specs(results.method)
+    specs = tool_specs(results.method, results.steering)
     text_mode = config.protocol == "text"
     run = AgentRun(results.method, config.budget, "text" if text_mode else "native")
     messages = _opening(results, specs, config, anon, text_mode)
@@ -137,6 +132,7 @@ def run_agent(client: LLMClient, results: Results, access: ModelAccess | None,
         run.status, run.error = "error", str(exc)
     run.hypotheses = list(box.hypotheses)
     run.interactions_used, run.interactions_refused = box.used, box.refused
+    run.tools_called = list(box.calls)
     run.transcript = messages
     run.accounting = client.usage()
     return run
@@ -145,12 +141,24 @@ def run_agent(client: LLMClient, results: Results, access: ModelAccess | None,
 def _opening(results: Results, specs: list[dict[str, Any]], config: AgentConfig,
              anon: Anonymizer, text_mode: bool) -> list[dict[str, Any]]:
     model_tools = [s["function"]["name"] for s in specs if s["function"]["name"] in MODEL_TOOLS]
-    text = INTRO.format(method=METHOD_TEXT[results.method], budget=config.budget,
+    method = results.intro or _method_text(results.method)
+    text = INTRO.format(method=method, budget=config.budget,
                         model_tools=", ".join(model_tools))
     if text_mode:
         text += "\n" + describe_tools(specs) + "\n"
     # User turn only: several local chat templates reject system messages.
     return [{"role": "user", "content": anon(text + "\n" + results.overview)}]
+
+
+def _method_text(method: str) -> str:
+    """The first prompt's line on the results: the registry's, for results built without it."""
+    from difflens.agent.methods import METHODS
+
+    if method == "blackbox":
+        return BLACKBOX_TEXT
+    if method in METHODS:
+        return METHODS[method].intro
+    return f"You are given the results of a diffing method ({method})."
 
 
 def _native_calls(calls: Any, box: ToolBox, messages: list[dict[str, Any]],

@@ -26,11 +26,20 @@ class Results:
     method: str
     overview: str
     sections: dict[str, str] = field(default_factory=dict)
+    intro: str = ""
+    """What these results are, for the agent's first prompt ("" = the method's own line)."""
+    steering: bool = False
+    """A difference vector comes with them: the agent gets ``generate_steered``."""
 
     def detail(self, section: str) -> str:
         if section not in self.sections:
-            raise DifflensError(
-                f"unknown section {section!r}; available: {', '.join(self.sections) or 'none'}")
+            # Combined results prefix sections by method ("adl.steering"); the bare name is
+            # accepted when only one method has it.
+            matches = [k for k in self.sections if k.endswith(f".{section}")]
+            if len(matches) != 1:
+                raise DifflensError(f"unknown section {section!r}; available: "
+                                    f"{', '.join(self.sections) or 'none'}")
+            section = matches[0]
         text = self.sections[section]
         return text if len(text) <= MAX_SECTION_CHARS else text[:MAX_SECTION_CHARS] + "\n[...]"
 
@@ -70,7 +79,7 @@ def adl_results(run_dir: Path | str) -> Results:
         lines += _samples(steer.samples, limit=3)
         sections["steering"] = "\n".join(_samples(steer.samples, limit=None))
     lines += ["", f"Sections for get_detail: {', '.join(sections)}."]
-    return Results("adl", "\n".join(lines), sections)
+    return Results("adl", "\n".join(lines), sections, steering=True)
 
 
 def _lens_section(lens: dict[int, LayerLens]) -> str:

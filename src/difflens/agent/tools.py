@@ -27,8 +27,11 @@ def _spec(name: str, doc: str, **props: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-def tool_specs(method: str) -> list[dict[str, Any]]:
-    """Specs of the tools an agent of ``method`` ("adl", "mining", "blackbox") gets."""
+def tool_specs(method: str, steering: bool | None = None) -> list[dict[str, Any]]:
+    """Specs of the tools an agent of ``method`` ("adl", "mining", "adl+mining", "blackbox",
+    ...) gets; ``generate_steered`` with ``steering`` (default: ``method == "adl"``)."""
+    if steering is None:
+        steering = method == "adl"
     specs = []
     if method != "blackbox":
         specs.append(_spec("get_detail", "Read one section of the diffing results in full.",
@@ -36,7 +39,7 @@ def tool_specs(method: str) -> list[dict[str, Any]]:
     specs.append(_spec("ask_model", "Ask a model a question; greedy answer. Costs 1 interaction.",
                        question={"type": "string"},
                        model={"type": "string", "enum": list(SIDES), "optional": True}))
-    if method == "adl":
+    if steering:
         specs.append(_spec(
             "generate_steered", "Answer of the finetuned model steered along the activation "
             "difference at this strength (typical 0.5-4). Costs 1 interaction.",
@@ -59,13 +62,17 @@ class ToolBox:
     used: int = 0
     refused: int = 0
     hypotheses: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    """Names of the tools called, in order (final_answer excluded): the run's evidence trail."""
     names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.names = tuple(s["function"]["name"] for s in tool_specs(self.results.method))
+        specs = tool_specs(self.results.method, self.results.steering)
+        self.names = tuple(s["function"]["name"] for s in specs)
 
     def run(self, name: str, args: dict[str, Any]) -> str:
         """The (anonymized) result text of one call; errors become results the agent reads."""
+        self.calls.append(name)
         return self.anonymize(self._run(name, args))
 
     def _run(self, name: str, args: dict[str, Any]) -> str:

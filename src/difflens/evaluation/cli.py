@@ -79,8 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--organisms", nargs="*", default=[],
                    help="registry names (default: all registered organisms)")
+    from difflens.agent.methods import agent_names
+
     p.add_argument("--agents", nargs="+", default=["adl", "mining", "blackbox"],
-                   choices=["adl", "mining", "blackbox"])
+                   choices=agent_names(),
+                   help="agents to run: one per diffing method (reading its runs under "
+                        "--runs-root) and the black box (default adl mining blackbox)")
     add_arguments(p, EvalSizes, only=("budgets", "repeats"))
     p.add_argument("--runs-root", default=None,
                    help="folder with <organism>/adl and <organism>/mining run directories "
@@ -202,7 +206,7 @@ def _access_factory(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from difflens.agent import PairAccess
-    from difflens.errors import DifflensError
+    from difflens.agent.methods import METHODS
     from difflens.models.pair import ModelPair
 
     pairs: dict[str, Any] = {}
@@ -219,12 +223,9 @@ def _access_factory(args: argparse.Namespace) -> Any:
         pair = pairs[key]
         if pair is None:
             return None
-        run = Path(args.runs_root or "") / entry.name / "adl"
-        if agent == "adl" and (run / "summary.json").is_file():
-            try:
-                return PairAccess.from_adl_run(pair, run, max_new_tokens=args.max_new_tokens)
-            except (DifflensError, OSError, KeyError):
-                pass  # no saved δ̄: steering is unavailable, asking still works
-        return PairAccess(pair, max_new_tokens=args.max_new_tokens)
+        # A method whose run saves a difference vector (ADL) steers along it.
+        steers = agent in METHODS and METHODS[agent].steering
+        run = Path(args.runs_root or "") / entry.name / agent if steers else None
+        return PairAccess.for_run(pair, run, max_new_tokens=args.max_new_tokens)
 
     return factory

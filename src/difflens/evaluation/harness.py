@@ -22,18 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from difflens.agent import AgentConfig, Anonymizer, ModelAccess, run_agent
-from difflens.agent.results import Results, adl_results, blackbox_results, mining_results
+from difflens.agent.methods import BLACKBOX, METHODS, agent_names
+from difflens.agent.results import Results, blackbox_results
 from difflens.errors import DifflensError
 from difflens.evaluation.metrics import organism_metrics
 from difflens.evaluation.stats import format_table, summarize
 from difflens.io.artifacts import read_json, write_json
 from difflens.llm import LLMClient, LLMConfig
-from difflens.methods.adl.result import SUMMARY_FILE as ADL_SUMMARY
-from difflens.methods.mining.result import SUMMARY_FILE as MINING_SUMMARY
 from difflens.organisms.registry import OrganismEntry, load_registry
 
 log = logging.getLogger(__name__)
-AGENTS = ("adl", "mining", "blackbox")
+#: Every agent an evaluation can run: one per registered method (agent/methods.py), and the
+#: black box; the default set is the seed's table.
+AGENTS = tuple(agent_names())
+DEFAULT_AGENTS = ("adl", "mining", BLACKBOX)
 AccessFactory = Callable[[OrganismEntry, str], "ModelAccess | None"]
 
 
@@ -43,10 +45,10 @@ class EvalConfig:
 
     out: str
     organisms: list[str] = field(default_factory=list)  # empty: every registered organism
-    agents: list[str] = field(default_factory=lambda: list(AGENTS))
+    agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
     budgets: list[int] = field(default_factory=lambda: [0, 5])
     repeats: int = 1
-    runs_root: str | None = None  # <runs_root>/<organism>/{adl,mining}
+    runs_root: str | None = None  # <runs_root>/<organism>/<method>
     max_turns: int = 20
     protocol: str = "auto"
     n_boot: int = 2000
@@ -61,14 +63,14 @@ class EvalConfig:
 
 
 def _results(config: EvalConfig, organism: str, agent: str) -> Results | None:
-    if agent == "blackbox":
+    if agent == BLACKBOX:
         return blackbox_results()
     if config.runs_root is None:
         return None
-    run = Path(config.runs_root) / organism / agent
-    if not (run / (ADL_SUMMARY if agent == "adl" else MINING_SUMMARY)).is_file():
+    method, run = METHODS[agent], Path(config.runs_root) / organism / agent
+    if not method.has_run(run):
         return None  # no finished run: the agent is skipped (a broken one fails in one line)
-    return adl_results(run) if agent == "adl" else mining_results(run)
+    return method.load_results(run)
 
 
 def _secret_names(entry: OrganismEntry) -> list[str]:

@@ -29,13 +29,25 @@ from difflens.evaluation.layer_rules import LayerEvidence, compare_rules, format
 from difflens.evaluation.metrics import adl_metrics, mining_metrics
 from difflens.methods.adl.result import SUMMARY_FILE as ADL_SUMMARY
 from difflens.methods.adl.result import ADLResult
+from difflens.methods.kl.result import SUMMARY_FILE as KL_SUMMARY
+from difflens.methods.kl.result import KLResult
 from difflens.methods.mining.result import SUMMARY_FILE as MINING_SUMMARY
 from difflens.methods.mining.result import MiningResult
+from difflens.methods.pca.result import SUMMARY_FILE as PCA_SUMMARY
+from difflens.methods.pca.result import PCAResult
+from difflens.methods.weights.result import SUMMARY_FILE as WEIGHTS_SUMMARY
+from difflens.methods.weights.result import weights_tokens
 from difflens.organisms.registry import OrganismEntry
 
 log = logging.getLogger(__name__)
 TOP = 20  # tokens per readout scored, as in the seed's token relevance
-READOUTS = ("adl_logit_lens", "adl_patchscope", "mining")
+READOUTS = ("adl_logit_lens", "adl_patchscope", "mining", "kl_fingerprint", "pca_pc1",
+            "pca_pc2", "pca_pc3", "weights")
+#: Column headers of the zoo table, one per readout.
+HEADERS = {"adl_logit_lens": "lens", "adl_patchscope": "patch", "mining": "mining",
+           "kl_fingerprint": "kl", "pca_pc1": "pc1", "pca_pc2": "pc2", "pca_pc3": "pc3",
+           "weights": "weights"}
+PCA_COMPONENTS = 3  # principal components scored per organism
 _SUFFIXES = ("ing", "ers", "er", "ed", "es", "s")
 
 
@@ -93,7 +105,34 @@ def readout_tokens(runs_root: Path | str, organism: str,
             out["adl_patchscope"] = (patch.chosen.coherent_tokens if patch.chosen else [])[:TOP]
     if (base / "mining" / MINING_SUMMARY).is_file():
         out["mining"] = MiningResult.load(base / "mining").top_tokens(TOP)
+    if (base / "kl" / KL_SUMMARY).is_file():
+        out["kl_fingerprint"] = KLResult.load(base / "kl").fingerprint_tokens(TOP)
+    if (base / "pca" / PCA_SUMMARY).is_file():
+        pca = PCAResult.load(base / "pca")
+        for row in pca.readouts.get(pca.layer, [])[:PCA_COMPONENTS]:
+            # "positive" is the method's own orientation (the mean difference projects
+            # positively); both signs are kept, as the sign of an eigenvector is arbitrary.
+            name = f"pca_pc{int(row['component']) + 1}"
+            out[f"{name}+"] = row["positive"]["tokens"][:TOP]
+            out[f"{name}-"] = row["negative"]["tokens"][:TOP]
+    if (base / "weights" / WEIGHTS_SUMMARY).is_file():
+        out["weights"] = weights_tokens(base / "weights", TOP)
     return out
+
+
+def best_sign(tokens: dict[str, list[str]], hits: dict[str, list[str]],
+              cross: dict[str, dict[str, int]]) -> None:
+    """Add ``pca_pcN`` readouts: of ``pca_pcN+`` / ``pca_pcN-``, the sign with more own-domain
+    hits (ties: the method's own orientation, ``+``).  Picking the sign with the keywords makes
+    this an upper bound of what a reader who does not know the answer sees; the ``+`` entries
+    (the method's own sign rule) stay in the record beside it."""
+    for i in range(1, PCA_COMPONENTS + 1):
+        plus, minus = f"pca_pc{i}+", f"pca_pc{i}-"
+        if plus not in hits:
+            continue
+        pick = minus if len(hits.get(minus, [])) > len(hits[plus]) else plus
+        name = f"pca_pc{i}"
+        tokens[name], hits[name], cross[name] = tokens[pick], hits[pick], cross[pick]
 
 
 @dataclass
@@ -137,6 +176,7 @@ def organism_signals(runs_root: Path | str, entry: OrganismEntry,
               if n != entry.name and e.domain_keywords and twin_key(e) != twin_key(entry)}
     cross = {r: {n: len(keyword_hits(t, e.domain_keywords)) for n, e in others.items()}
              for r, t in tokens.items()}
+    best_sign(tokens, hits, cross)
     relative, by_layer, mass, rel_by_layer = None, {}, None, {}
     if adl is not None:
         readout = adl.readout()
@@ -202,13 +242,14 @@ def _steered(s: OrganismSignals) -> float | None:
 
 def format_zoo_table(signals: dict[str, OrganismSignals], ablation: list[dict[str, Any]]) -> str:
     """Plain-text table: domain-word hits per readout (own / best other domain), ‖δ̄‖/ν_ft."""
-    head = (f"{'organism':<20} {'type':<13} {'mix':>4}  {'lens':>7} {'patch':>7} {'mining':>7}"
-            f"  {'|d|/nu':>7}")
+    shown = [r for r in READOUTS if any(r in s.hits for s in signals.values())]
+    head = (f"{'organism':<20} {'type':<13} {'mix':>4}  "
+            + " ".join(f"{HEADERS[r]:>7}" for r in shown) + f"  {'|d|/nu':>7}")
     lines = ["Domain words among the top-20 tokens (own domain / best other domain):", head,
              "-" * len(head)]
     for s in signals.values():
         cells = []
-        for readout in READOUTS:
+        for readout in shown:
             if readout not in s.hits:
                 cells.append(f"{'-':>7}")
                 continue
@@ -250,13 +291,14 @@ def hits_by_type(signals: dict[str, OrganismSignals]) -> dict[str, dict[str, Any
 
 def format_type_table(by_type: dict[str, dict[str, Any]]) -> str:
     """Plain text: per organism type, the hits of each readout (one number per organism)."""
-    head = f"{'type':<13} {'organisms':<38} " + " ".join(f"{r:>16}" for r in READOUTS)
+    shown = [r for r in READOUTS if any(r in row for row in by_type.values())]
+    head = f"{'type':<13} {'organisms':<38} " + " ".join(f"{HEADERS[r]:>9}" for r in shown)
     lines = ["Domain words in the top 20 by organism type (unmixed organisms):", head,
              "-" * len(head)]
     for kind, row in sorted(by_type.items()):
-        cells = [",".join(str(n) for n in row.get(r, [])) or "-" for r in READOUTS]
+        cells = [",".join(str(n) for n in row.get(r, [])) or "-" for r in shown]
         lines.append(f"{kind:<13} {', '.join(row['organisms'])[:38]:<38} "
-                     + " ".join(f"{c:>16}" for c in cells))
+                     + " ".join(f"{c:>9}" for c in cells))
     return "\n".join(lines)
 
 

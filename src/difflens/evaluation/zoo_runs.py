@@ -1,6 +1,7 @@
-"""Run ADL and Diff Mining on every built organism of the zoo (resuming finished runs).
+"""Run the methods on every built organism of the zoo (resuming finished runs).
 
-``<runs_root>/<organism>/adl`` and ``.../mining`` are ordinary run directories: the same
+``<runs_root>/<organism>/adl``, ``.../mining``, ``.../kl``, ``.../pca`` and ``.../weights`` are
+ordinary run directories: the same
 arguments reuse them, so an interrupted evaluation resumes where it stopped, and they are what
 the agents of ``difflens eval`` read.  A finished run is reused only when it was made with the
 same configuration (defaults included); a run made with other settings stops the evaluation
@@ -27,6 +28,10 @@ class ZooRunConfig:
     adl: dict[str, Any] = field(default_factory=dict)  # ADLConfig fields, e.g. {"n_texts": 1000}
     mining: dict[str, Any] | None = field(default_factory=dict)  # MiningConfig fields; None: skip
     llm: dict[str, Any] = field(default_factory=dict)  # llm_base_url/model/key env; {} = offline
+    # Per-token KL, PCA and weight-space lens config fields as overrides; None: not run.
+    kl: dict[str, Any] | None = None
+    pca: dict[str, Any] | None = None
+    weights: dict[str, Any] | None = None
 
 
 def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
@@ -49,6 +54,19 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
         from difflens.methods.mining.runner import MiningConfig
 
         configs["mining"] = MiningConfig(**{**sources, **config.mining})
+    if config.kl is not None:
+        from difflens.methods.kl.config import KLConfig
+
+        configs["kl"] = KLConfig(**{**sources, **config.kl})
+    if config.pca is not None:
+        from difflens.methods.pca.config import PCAConfig
+
+        configs["pca"] = PCAConfig(**{**sources, **config.pca})
+    if config.weights is not None:
+        from difflens.methods.weights.config import WeightsConfig
+
+        no_dtype = {k: v for k, v in sources.items() if k != "dtype"}  # weights are read as stored
+        configs["weights"] = WeightsConfig(**{**no_dtype, **config.weights})
     # A list, not a generator: every run directory is checked, so a stale one raises now.
     if all([_finished(out / name, cfg, name) for name, cfg in configs.items()]):
         return {name: read_json(out / name / "summary.json") for name in configs}
@@ -60,6 +78,7 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
     pair = ModelPair.load(entry.base, entry.weights, LoadOptions(dtype=dtype, device=device))
     log.info("ADL on %s", entry.name)
     summaries = {"adl": run_adl(configs["adl"], out / "adl", pair=pair, progress=progress)}
+    summaries.update(_other_methods(configs, out, pair, progress, entry.name))
     if "mining" in configs:
         from difflens.graders import make_grader
         from difflens.llm import llm_config_from_fields
@@ -73,6 +92,25 @@ def run_organism_methods(entry: OrganismEntry, config: ZooRunConfig,
     return summaries
 
 
+def _other_methods(configs: dict[str, Any], out: Path, pair: Any, progress: bool,
+                   name: str) -> dict[str, Any]:
+    """Per-token KL, PCA and the weight-space lens of one organism (those configured)."""
+    from difflens import api
+
+    summaries: dict[str, Any] = {}
+    if "kl" in configs:
+        log.info("per-token KL on %s", name)
+        summaries["kl"] = api.run_kl(configs["kl"], out / "kl", pair=pair, progress=progress)
+    if "pca" in configs:
+        log.info("PCA on %s", name)
+        summaries["pca"] = api.run_pca(configs["pca"], out / "pca", pair=pair, progress=progress)
+    if "weights" in configs:
+        log.info("weight-space lens on %s", name)
+        summaries["weights"] = api.run_weights(configs["weights"], out / "weights",
+                                               progress=progress)
+    return summaries
+
+
 def _finished(run_dir: Path, config: Any, kind: str) -> bool:
     """``run_dir`` holds a finished run (a summary) made with exactly ``config``, or assembled
     by hand (a summary without ``run.json``, read as it is).  A run made with other settings
@@ -80,7 +118,8 @@ def _finished(run_dir: Path, config: Any, kind: str) -> bool:
     loaded."""
     from difflens.io.artifacts import same_run
 
-    same_run(run_dir, config.identity(), kind)  # False only when there is no run.json
+    identity = config.identity() if hasattr(config, "identity") else config.to_dict()
+    same_run(run_dir, identity, kind)  # False only when there is no run.json
     return (run_dir / "summary.json").is_file()
 
 
@@ -134,6 +173,8 @@ def run_zoo(registry: dict[str, OrganismEntry], names: list[str], config: ZooRun
             corpus = held_out_corpus(registry, config.runs_root)
         adl = {"corpus": corpus, **config.adl}
         mining = None if config.mining is None else {"corpus": corpus, **config.mining}
-        run_organism_methods(entry, ZooRunConfig(config.runs_root, adl, mining, config.llm),
-                             progress)
+        kl = None if config.kl is None else {"corpus": corpus, **config.kl}
+        pca = None if config.pca is None else {"corpus": corpus, **config.pca}
+        run_organism_methods(entry, ZooRunConfig(config.runs_root, adl, mining, config.llm, kl,
+                                                 pca, config.weights), progress)
     return notes

@@ -33,6 +33,23 @@ def render_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
         from difflens.methods.mining.report import render_section
 
         sections.append(render_section(run))
+    elif kind == "pca":
+        from difflens.methods.pca.report import render_section as render_pca
+        from difflens.report.svg import line_chart
+
+        sections.append(render_pca(run, chart=line_chart))
+    elif kind == "amplify":
+        from difflens.methods.amplify.report import render_section as render_amplify
+
+        sections.append(render_amplify(run))
+    elif kind == "kl":
+        from difflens.methods.kl.report import render_section as render_kl
+
+        sections.append(render_kl(run))
+    elif kind == "weights":
+        from difflens.methods.weights.report import render_section as render_weights
+
+        sections.append(render_weights(run))
     elif kind == "dictionary":
         from difflens.methods.dictionary.report import render_section as render_dictionary
 

@@ -141,7 +141,8 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         config = ADLConfig(**{**config.to_dict(), "skip": list(STAGES[:-1])})
 
     from difflens.methods.adl.patchscope import patchscope_stage
-    from difflens.methods.adl.steering import SteeringConfig, steering_stage
+    from difflens.methods.adl.steering import steering_stage
+    from difflens.models.steering import SteeringConfig
 
     patch = _record(Patchscope, json_stage("patchscope", lambda: patchscope_stage(
         pair, vector, layer, norm_ft, grader, top=config.top)))

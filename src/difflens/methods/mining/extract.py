@@ -19,18 +19,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from difflens.data.padding import pad_id, pad_rows
-from difflens.data.tokenize import encode_first
 from difflens.errors import DifflensError
 from difflens.models.hooks import capture, run_forward
 from difflens.models.pair import BASE, FT
+from difflens.models.vocab import (  # noqa: F401 (the engine's, re-exported for mining)
+    shared_vocab,
+    shares_head,
+    special_ids,
+    tokenize_padded,
+    valid_positions,
+)
 
 if TYPE_CHECKING:
-    from difflens.models.arch import Architecture
     from difflens.models.pair import ModelPair
 
 
@@ -48,73 +52,12 @@ class DeltaBatch:
     position_ids: torch.Tensor
 
 
-def tokenize_padded(tokenizer: Any, texts: list[str], max_tokens: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise ``texts`` (one BOS first), cut to ``max_tokens``, pad right.
-
-    Returns:
-        ``ids``: ``(N, T)`` int64 and ``attention``: ``(N, T)`` bool, T = ``max_tokens``.
-    """
-    rows = encode_first(tokenizer, texts, max_tokens)  # only a prefix of each is tokenised
-    ids, mask = pad_rows(rows, pad_id(tokenizer), width=max_tokens)
-    return ids, mask.bool()
-
-
-def special_ids(tokenizer: Any) -> list[int]:
-    """Ids of special tokens: BOS/EOS/pad and added special tokens such as chat-turn markers."""
-    found = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for token_id, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
-        if getattr(added, "special", False):
-            found.add(int(token_id))
-    return sorted(found)
-
-
-def valid_positions(ids: torch.Tensor, attention: torch.Tensor, tokenizer: Any,
-                    mask_bos: bool = False, mask_special: bool = False) -> torch.Tensor:
-    """``(N, T)`` bool: positions that count (not padding; optionally not BOS / special)."""
-    valid = attention.clone()
-    if mask_bos and tokenizer.bos_token_id is not None:
-        valid &= ids != tokenizer.bos_token_id
-    if mask_special:
-        specials = torch.tensor(special_ids(tokenizer), dtype=torch.long)
-        valid &= ~torch.isin(ids, specials)
-    return valid
-
-
-def shared_vocab(pair: ModelPair) -> int:
-    """Number of leading token ids both models score: min of the two unembedding sizes, cut to
-    the tokenizer's length (rows past it are padding no text can produce)."""
-    sizes = {side: int(pair.arch(side).unembed.weight.shape[0]) for side in (BASE, FT)}
-    inputs = {side: int(pair.arch(side).embed.weight.shape[0]) for side in (BASE, FT)}
-    n_tok = len(pair.tokenizer)
-    smallest = min(*sizes.values(), *inputs.values())
-    if n_tok > smallest:
-        raise DifflensError(
-            f"mismatched vocabularies: the tokenizer has {n_tok} tokens but the base model "
-            f"scores {sizes[BASE]} and the finetuned model {sizes[FT]} (embeddings "
-            f"{inputs[BASE]} / {inputs[FT]}); pair the finetune with its own base and tokenizer"
-        )
-    return min(*sizes.values(), n_tok)
-
-
 def check_top_k(top_k: int, vocab: int) -> None:
     if top_k > vocab:
         raise DifflensError(
             f"top-k {top_k} is larger than the shared vocabulary ({vocab} tokens); "
             f"use --top-k {min(100, vocab)} or less"
         )
-
-
-def shares_head(base: Architecture, ft: Architecture) -> bool:
-    """True when both sides unembed with the same plain linear map and no softcap, so that
-    Δ = W·(norm_ft(h_ft) − norm_base(h_base)) exactly (a bias cancels)."""
-    ub, uf = base.unembed, ft.unembed
-    plain = type(ub) is torch.nn.Linear and type(uf) is torch.nn.Linear  # not a LoRA wrapper
-    if not plain or base.logit_softcap or ft.logit_softcap:
-        return False
-    if ub is uf or ub.weight is uf.weight:
-        return True
-    return ub.weight.shape == uf.weight.shape and bool(torch.equal(ub.weight, uf.weight))
 
 
 def lens_layer(pair: ModelPair, lens: str, layer: int | float | None) -> int:

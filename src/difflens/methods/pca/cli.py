@@ -1,0 +1,54 @@
+"""``difflens pca``: flags and handler (registered by :func:`add_parser`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from difflens.cli_args import add_llm_args, add_model_args, load_options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``pca`` subcommand on the top-level subparsers."""
+    p = sub.add_parser(
+        "pca", help="PCA of activation differences: the main directions of h_ft − h_base",
+        description="Principal components of δ = h_ft − h_base over every token position of "
+                    "unrelated text (BOS and padding excluded) at ADL's readout layer, read "
+                    "through the logit lens (both signs) and Patchscope, with their "
+                    "top-activating contexts and steering along PC1. With no arguments: the "
+                    "embedded gemma-3-270m base and the shipped cake_bake organism.")
+    add_model_args(p)
+    from difflens.methods.pca.config import PCAConfig
+    from difflens.options import add_arguments
+
+    add_arguments(p, PCAConfig)  # every flag of the config, with its range and kind
+    add_llm_args(p)
+    p.add_argument("--out", default=None, help="run directory (default runs/pca-<hash>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from difflens.api import run_pca
+    from difflens.cli_args import llm_fields
+    from difflens.data.corpus import check_corpus
+    from difflens.methods.pca.config import PCAConfig, resolve_defaults
+    from difflens.methods.pca.summary import print_summary
+    from difflens.models.device import is_gpu
+    from difflens.models.pair import ModelPair
+    from difflens.options import check_path, from_args
+
+    # Flags first (ranges, choices, paths, device), then the corpus, then the models.
+    config = from_args(PCAConfig, args, **llm_fields(args))
+    config.validate()
+    options = load_options(args)
+    if args.out:
+        check_path(args.out, "out_dir", "--out")
+    check_corpus(config.corpus, limit=resolve_defaults(config, is_gpu(options.device)).n_texts)
+    pair = ModelPair.load(config.base, config.finetuned, options)
+    summary = run_pca(config, Path(args.out) if args.out else None, pair=pair,
+                      progress=not args.quiet)
+    print_summary(summary)
+    return 0
