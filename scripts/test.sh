@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 install_project dev
-# The report's screenshot test needs headless Chromium (Debian package); install it when we can.
+# The report's screenshot test and tests/test_serve.py (through Playwright, from the dev extra,
+# with executable_path=/usr/bin/chromium: no browser download) need headless Chromium (Debian
+# package); install it when we can.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
     && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

@@ -20,9 +20,16 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     _register_report(sub)
     _register_eval(sub)
     _register_agent(sub)
+    _register_serve(sub)
     from difflens.methods.dictionary.cli import add_parsers as add_dictionary_parsers
 
     add_dictionary_parsers(sub)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    from difflens.serve.cli import add_parser
+
+    add_parser(sub)
 
 
 def _register_agent(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,8 @@ finetuned and plain base sampling token for token (tested against :func:`generat
   batch nor on the other rows' strengths; giving one prompt the same key at every α gives common
   random numbers across strengths.
 * Temperature, top-k and top-p apply to the amplified logits (:func:`sample_tokens`).
+* **Streaming**: ``on_token(rows, tokens)`` (default None) is called at every step exactly as
+  in :mod:`difflens.models.generation` (rows past their end token get the pad id).
 * Sampling runs over the shared vocabulary (the leading ids both heads score); when the two
   heads differ in size, the extra rows of the larger one are never sampled (``note``).
 """
@@ -40,6 +42,7 @@ from difflens.errors import DifflensError
 from difflens.models.generation import (
     Generations,
     SamplingConfig,
+    TokenCallback,
     _contiguous_head_input,
     end_token_ids,
     row_seed,
@@ -145,7 +148,8 @@ def _side_logits(pair: ModelPair, side: str, cache: Any, ids: torch.Tensor, mask
 
 @torch.inference_mode()
 def _amplify_chunk(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[float],
-                   keys: Sequence[int], sampling: SamplingConfig, ends: list[int], vocab: int
+                   keys: Sequence[int], sampling: SamplingConfig, ends: list[int], vocab: int,
+                   on_token: TokenCallback | None = None, rows: Sequence[int] = ()
                    ) -> tuple[list[str], list[int], int]:
     tok = pair.tokenizer
     device = pair.device
@@ -177,6 +181,8 @@ def _amplify_chunk(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[flo
             chosen = logits.argmax(-1)
         chosen = torch.where(running, chosen.to(device), torch.full_like(chosen, pad))
         new.append(chosen)
+        if on_token is not None:
+            on_token(list(rows), chosen.tolist())
         running &= ~torch.isin(chosen, end_ids)
         if not bool(running.any()):
             break
@@ -202,6 +208,7 @@ def generate_amplified(
     keys: Sequence[int] | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    on_token: TokenCallback | None = None,
 ) -> AmplifiedGenerations:
     """Continue every prompt sampling from the amplified logits ``z_ft + α (z_ft − z_base)``.
 
@@ -213,6 +220,8 @@ def generate_amplified(
             act on the amplified logits).
         keys: one random-stream key per row (default: the row index); see :func:`amplified_rows`.
         batch_size: rows per decode loop (memory cap: results do not depend on it).
+        on_token: streaming hook ``(rows, tokens)`` per step (module docstring); None changes
+            nothing.
     Returns:
         :class:`AmplifiedGenerations` in prompt order; ``steps`` / ``token_slots`` count
         decoding steps of the loop (each step runs both models).
@@ -236,7 +245,7 @@ def generate_amplified(
                    disable=not progress or None):
         hi = min(n, lo + batch_size)
         t, c, s = _amplify_chunk(pair, prompts[lo:hi], per_row[lo:hi], keys[lo:hi], sampling,
-                                 ends, vocab)
+                                 ends, vocab, on_token, range(lo, hi))
         texts += t
         counts += c
         steps += s

@@ -17,6 +17,12 @@ Two properties the steering search relies on:
 Sampling runs as the last logits processor of ``transformers``' ``generate`` in greedy mode: the
 processor draws the token and returns logits that are ``-inf`` everywhere else, so the greedy
 step picks exactly that token whatever defaults the model's generation config carries.
+
+**Streaming.**  ``on_token`` (default None: nothing changes) is called once per decoding step
+with the step's rows (indices into the call's prompts) and the token drawn for each, as soon as
+it is drawn; rows past their end token are still reported (the caller cuts at the first end
+token, as :class:`Generations` does).  An exception raised by it aborts the generation (a live
+page uses that to stop work for a closed connection).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
 
 #: Row-key stride between a seed and the next: keys below it never collide across seeds.
 _SEED_STRIDE = 1_000_003
+
+#: ``on_token(rows, tokens)``: the rows of one decoding step and the token drawn for each.
+TokenCallback = Callable[[list[int], list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -144,11 +153,14 @@ def row_seed(seed: int, key: int) -> int:
 class _RowSampler:
     """Logits processor drawing each row's token from its own stream (see module docstring)."""
 
-    def __init__(self, config: SamplingConfig, keys: Sequence[int]) -> None:
+    def __init__(self, config: SamplingConfig, keys: Sequence[int],
+                 on_token: TokenCallback | None = None, rows: Sequence[int] = ()) -> None:
         self.config = config
         self.generators = [
             torch.Generator().manual_seed(row_seed(config.seed, key)) for key in keys
         ]
+        self.on_token = on_token  # streaming hook (module docstring); rows: its row indices
+        self.rows = list(rows)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -157,6 +169,8 @@ class _RowSampler:
             chosen = sample_tokens(scores, uniform, cfg.temperature, cfg.top_p, cfg.top_k)
         else:
             chosen = scores.argmax(-1)
+        if self.on_token is not None:
+            self.on_token(self.rows, chosen.tolist())
         # In place: ``scores`` is generate's own float copy of the logits, read no more.
         return scores.fill_(-math.inf).scatter_(1, chosen[:, None], 0.0)
 
@@ -218,6 +232,7 @@ def _steering_hooks(stack: ExitStack, arch: Any, steering: Sequence[Steer | None
 def _generate_chunk(
     model: Any, arch: Any, tokenizer: Any, prompts: Sequence[str], sampling: SamplingConfig,
     steering: Sequence[Steer | None], keys: Sequence[int], ends: list[int],
+    on_token: TokenCallback | None = None, rows: Sequence[int] = (),
 ) -> tuple[list[str], list[int], int]:
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -239,7 +254,7 @@ def _generate_chunk(
         stack.enter_context(_contiguous_head_input(arch))
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-            logits_processor=LogitsProcessorList([_RowSampler(sampling, keys)]),
+            logits_processor=LogitsProcessorList([_RowSampler(sampling, keys, on_token, rows)]),
         )
     new = out[:, ids.shape[1]:].cpu()
     texts, counts = [], []
@@ -260,6 +275,7 @@ def generate(
     keys: Sequence[int] | None = None,
     batch_size: int = 64,
     side: str = FT,
+    on_token: TokenCallback | None = None,
 ) -> Generations:
     """Continue every prompt, each row with its own steering and random stream.
 
@@ -271,6 +287,8 @@ def generate(
         batch_size: rows per ``generate`` call; longer inputs run in chunks, which changes
             nothing in the results (rows are independent) but bounds memory.
         side: ``"ft"`` (default) or ``"base"``.
+        on_token: streaming hook ``(rows, tokens)`` called at every decoding step (module
+            docstring); None (default) changes nothing.
     """
     n = len(prompts)
     steering = list(steering) if steering is not None else [None] * n
@@ -286,7 +304,8 @@ def generate(
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             t, c, s = _generate_chunk(model, arch, pair.tokenizer, prompts[lo:hi], sampling,
-                                      steering[lo:hi], keys[lo:hi], ends)
+                                      steering[lo:hi], keys[lo:hi], ends, on_token,
+                                      range(lo, hi))
             texts += t
             counts += c
             steps += s
