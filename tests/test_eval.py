@@ -68,7 +68,8 @@ def test_eval_cli_end_to_end(openai_server, tmp_path, tiny_dir, tiny_ft_dir, cap
             "--budgets", "0", "1", "--repeats", "2", "--grade-repeats", "2", "--n-boot", "200",
             "--llm-base-url", openai_server.base_url, "--llm-model", "test-model",
             "--llm-api-key-env", "DIFFLENS_TEST_KEY", "--base", str(tiny_dir),
-            "--finetuned", str(tiny_ft_dir), "--max-new-tokens", "6", "--out", str(out)]
+            "--finetuned", str(tiny_ft_dir), "--max-new-tokens", "6", "--out", str(out),
+            "--no-kl", "--no-pca", "--no-weights"]  # the runs above are ADL and mining only
     assert main(argv) == 0
     report = json.loads((out / "eval.json").read_text())
     table = (out / "table.txt").read_text()
@@ -171,3 +172,49 @@ def test_held_out_corpus_drops_texts_an_organism_was_trained_on(tmp_path):
     kept = load_texts(path)
     assert kept == reference[:3] + reference[5:]
     assert held_out_corpus({"m": entry("m", str(built))}, tmp_path) == path  # stable name
+
+
+def _write_new_method_runs(root):
+    """Hand-assembled KL, PCA and weight-space runs whose readouts hold planted words."""
+    from difflens.io.artifacts import write_json
+
+    fingerprint = [{"token": t} for t in (" cake", " oven", " the", " bake", " waves")]
+    write_json(root / "kl" / "summary.json", {"stats": {"forward": {}}, "layers": [],
+                                              "fingerprint": {"top": fingerprint}})
+
+    def row(i, positive, negative):
+        return {"component": i, "positive": {"tokens": positive},
+                "negative": {"tokens": negative}}
+
+    readouts = [row(0, [" flour", " cake", " and"], [" tide"]),
+                # PC2's domain words are on the negative side: the best sign picks it.
+                row(1, [" of", " the"], [" frosting", " oven", " bake"]),
+                row(2, [" a"], [" b"])]
+    write_json(root / "pca" / "summary.json", {"pca": {"3": {}}, "layers": [3],
+                                               "readouts": {"3": readouts}})
+    vectors = {"best": "positive", "positive": {"tokens": [" baking", " ovens"]}}
+    write_json(root / "weights" / "summary.json", {
+        "top_modules": [{"module": "m"}], "readouts": [{"module": "m", "vectors": [vectors]}]})
+
+
+def test_zoo_scores_kl_pca_and_weights(tmp_path):
+    """The zoo evaluation scores the KL fingerprint, the top three components (best sign,
+    the method's own sign kept beside it) and the weight-space readout, with the control."""
+    from difflens.evaluation.zoo import evaluate_zoo
+    from difflens.organisms.registry import load_registry
+
+    runs = tmp_path / "runs"
+    write_adl_run(runs / "cake_bake" / "adl")
+    _write_new_method_runs(runs / "cake_bake")
+    registry = load_registry()
+    zoo = evaluate_zoo(registry, ["cake_bake"], runs)
+    cake = zoo["organisms"]["cake_bake"]
+    counts = cake["hit_counts"]
+    assert counts["kl_fingerprint"] == 3 and counts["weights"] == 2
+    assert counts["pca_pc1"] == 2 and counts["pca_pc1+"] == 2 and counts["pca_pc1-"] == 0
+    assert counts["pca_pc2"] == 3 and counts["pca_pc2+"] == 0  # the negative sign won
+    assert counts["pca_pc3"] == 0
+    assert cake["tokens"]["pca_pc2"][0] == " frosting"
+    assert cake["cross_hits"]["kl_fingerprint"]["taboo_ocean"] == 1  # ' waves'
+    for header in ("kl", "pc1", "pc2", "pc3", "weights"):
+        assert header in zoo["table"].splitlines()[1]

@@ -18,6 +18,9 @@ from difflens.options import (
     validate,
 )
 
+# PCA stages the method-level evaluation does not read (it scores the logit-lens readouts).
+PCA_SKIP = ("patchscope", "contexts", "steering")
+
 EPILOG = """\
 Reproducing the seed's agent table (ADL vs Diff Mining vs black-box, budgets 0/5/50) with a
 real endpoint (key read from $OPENAI_API_KEY, or the variable --llm-api-key-env names; any
@@ -29,8 +32,9 @@ OpenAI-compatible server works):
       --grade-repeats 3 --out runs/eval
   cat runs/eval/table.txt   # mean grade, grade>=2 and grade>=4 rates with 95% bootstrap CIs
 
-Every registered organism is used unless --organisms names some.  Each gets ADL and Diff
-Mining runs under --runs-root (default OUT/methods: <root>/<organism>/adl and .../mining;
+Every registered organism is used unless --organisms names some.  Each gets ADL, Diff Mining,
+per-token KL, PCA and weight-space runs under --runs-root (default OUT/methods:
+<root>/<organism>/adl, .../mining, .../kl, .../pca, .../weights;
 --device cuda on a GPU), read by the agents; finished runs made with the same settings are
 reused, runs made with other settings (or older defaults) stop with a one-line error.
 Each organism's own weights from the registry serve the model tools (--finetuned overrides).
@@ -45,7 +49,8 @@ cross-domain control), hits per layer, and the 1:1 data-mixing ablation (mixed o
 unmixed twin); OUT/report.html shows it all.  Without an endpoint only this part runs:
 
   difflens eval --offline                      # whole zoo; CPU: ~5 min per organism
-  difflens eval --offline --adl-skip steering similarity causal --mining-texts 32   # quick
+  difflens eval --offline --adl-skip steering similarity causal --mining-texts 32 \\
+      --kl-texts 16 --pca-texts 128                                  # quick (README table)
 """
 
 
@@ -60,6 +65,10 @@ class EvalSizes:
                                  help="ADL reference texts per organism (default: ADL's own)")
     mining_texts: int | None = option(
         None, min=1, example=256, help="Diff Mining texts per organism (default: mining's own)")
+    kl_texts: int | None = option(
+        None, min=1, example=16, help="per-token KL texts per organism (default: kl's own)")
+    pca_texts: int | None = option(
+        None, min=1, example=128, help="PCA texts per organism (default: pca's own)")
     max_turns: int = option(20, min=1, help="agent answers per run at most")
     grade_repeats: int = option(3, min=1,
                                 help="independent LLM gradings averaged per hypothesis")
@@ -100,6 +109,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_arguments(methods, EvalSizes, only=("mining_texts",))
     methods.add_argument("--no-mining", dest="mining", action="store_false",
                          help="no Diff Mining runs")
+    add_arguments(methods, EvalSizes, only=("kl_texts",))
+    methods.add_argument("--no-kl", dest="kl", action="store_false",
+                         help="no per-token KL runs")
+    add_arguments(methods, EvalSizes, only=("pca_texts",))
+    methods.add_argument("--pca-skip", nargs="*", default=list(PCA_SKIP), metavar="STAGE",
+                         help="PCA stages to skip (default: " + " ".join(PCA_SKIP) + ": the "
+                              "evaluation scores the components' logit-lens readouts only)")
+    methods.add_argument("--no-pca", dest="pca", action="store_false", help="no PCA runs")
+    methods.add_argument("--no-weights", dest="weights", action="store_false",
+                         help="no weight-space lens runs")
     p.add_argument("--out", default="runs/eval", help="output folder (resumes if present)")
     add_arguments(p, EvalSizes, only=("max_turns",))
     p.add_argument("--protocol", default="auto", choices=["auto", "native", "text"],
@@ -141,9 +160,13 @@ def run(args: argparse.Namespace) -> int:
                **({"n_texts": args.n_texts} if args.n_texts else {})}
         mining = ({"n_texts": args.mining_texts} if args.mining_texts else {}) if args.mining \
             else None
+        kl = ({"n_texts": args.kl_texts} if args.kl_texts else {}) if args.kl else None
+        pca = {"skip": list(args.pca_skip), **({"n_texts": args.pca_texts}
+                                                if args.pca_texts else {})} if args.pca else None
+        weights = {} if args.weights else None
         # Finished runs with the same settings are read back; stale ones stop with one line.
-        for note in run_zoo(registry, names, ZooRunConfig(runs_root, adl, mining,
-                                                          llm_fields(args))):
+        config = ZooRunConfig(runs_root, adl, mining, llm_fields(args), kl, pca, weights)
+        for note in run_zoo(registry, names, config):
             print(f"note: {note}")
     zoo = evaluate_zoo(registry, names, runs_root, args.out)
     print(zoo["table"])

@@ -106,7 +106,7 @@ class PCAResult:
         known = {f.name for f in fields(cls)}
         values = {**_MISSING, **{k: v for k, v in data.items() if k in known}}
         for name in ("pca", "readouts", "patchscope"):
-            if values[name] is not None:
+            if values.get(name) is not None:  # optional fields may be absent (defaults)
                 values[name] = int_keys(values[name])
         values["layers"] = [int(x) for x in values["layers"]]
         return cls(**values)
