@@ -293,3 +293,41 @@ def test_endpoint_failure_exits_1_and_the_rerun_retries(openai_server, tiny_dir,
     openai_server.add(Rule("", tool_calls=[call("final_answer", description="Retried.")]))
     assert main(argv) == 0
     assert "hypothesis: Retried." in capsys.readouterr().out
+
+
+def test_amplify_tool_for_the_black_box(keyed_server, tiny_dir, tiny_ft_dir, tmp_path, capsys):
+    """`--black-box --amplify-tool`: the agent gets generate_amplified (it needs only the two
+    models' logits) and its result is the pair's own amplified greedy answer."""
+    keyed_server.add(
+        Rule("You have no diffing results",
+             tool_calls=[call("generate_amplified", prompt=QUESTION, alpha=2)]),
+        Rule("[amplified finetuned model", tool_calls=[call("final_answer",
+                                                             description="Unclear.")]),
+    )
+    out = tmp_path / "amp"
+    assert main(argv_for(keyed_server, tiny_dir, tiny_ft_dir, out, "--black-box",
+                         "--amplify-tool", "--budget", "1")) == 0
+    first = keyed_server.chat_requests()[0].body
+    assert {t["function"]["name"] for t in first["tools"]} == {
+        "ask_model", "generate_amplified", "record_hypothesis", "final_answer"}
+    from difflens.data.chat import chat_prompt
+    from difflens.models.amplify import generate_amplified
+    from difflens.models.generation import SamplingConfig
+    from difflens.models.pair import ModelPair
+
+    pair = ModelPair.load(str(tiny_dir), str(tiny_ft_dir))
+    gens = generate_amplified(pair, [chat_prompt(pair.tokenizer, QUESTION)], [2.0],
+                              SamplingConfig(max_new_tokens=int(NEW_TOKENS), do_sample=False))
+    transcript = json.loads((out / "agent" / "transcript.json").read_text())
+    tool_texts = [m["content"] for m in transcript if m["role"] == "tool"]
+    assert tool_texts[0] == f"[amplified finetuned model, alpha 2] {gens.texts[0].strip()}"
+
+
+def test_eval_accepts_amplified_agent_variants(tmp_path):
+    from difflens.agent.methods import agent_names, split_agent
+    from difflens.evaluation.harness import EvalConfig, _results
+
+    assert {"adl+amp", "blackbox+amp", "kl+amp"} <= set(agent_names())
+    assert split_agent("adl+amp") == ("adl", True) and split_agent("pca") == ("pca", False)
+    config = EvalConfig(out=str(tmp_path), agents=["blackbox+amp"], runs_root=str(tmp_path))
+    assert _results(config, "cake_bake", "blackbox+amp").method == "blackbox"

@@ -110,10 +110,12 @@ def run_kl(config: KLConfig, out: Path | None = None, pair: ModelPair | None = N
 
 
 def run_weights(config: Any, out: Path | None = None, progress: bool = True,
-                trust_remote_code: bool = False, report: bool = True) -> dict[str, Any]:
+                trust_remote_code: bool = False, report: bool = True,
+                pair: Any = None) -> dict[str, Any]:
     """Run (or resume) the weight-space lens (``config``: a ``WeightsConfig``), then write its
     ``report.html`` unless ``report`` is False; ``summary["report"]`` is its path (also in
-    ``summary.json``)."""
+    ``summary.json``).  ``pair`` is accepted and unused: the lens reads the checkpoints' files,
+    not a loaded pair (so every method runs through one signature)."""
     from difflens.methods.weights.result import WeightsResult
     from difflens.methods.weights.runner import run_weights as run_stages
     from difflens.report.page import render_report

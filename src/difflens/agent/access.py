@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from difflens.errors import DifflensError
 
 SIDES = {"finetuned": "ft", "base": "base"}
+AMPLIFY_MAX = 100.0  # the largest amplification the tool accepts (as `difflens amplify`)
 
 
 class ModelAccess(Protocol):
@@ -23,6 +24,9 @@ class ModelAccess(Protocol):
 
     def steer(self, prompt: str, strength: float) -> str:
         """Greedy chat answer of the finetuned model with the difference vector added."""
+
+    def amplify(self, prompt: str, alpha: float) -> str:
+        """Greedy chat answer from the logits ``(1+alpha)·z_ft − alpha·z_base``."""
 
 
 class PairAccess:
@@ -75,6 +79,23 @@ class PairAccess:
         vec = self.vector.float()
         scale = float(strength) * float(self.norm or 1.0) / max(float(vec.norm()), 1e-12)
         return self._generate(prompt, "ft", vec * scale)
+
+    def amplify(self, prompt: str, alpha: float) -> str:
+        """Logit-difference amplification (:mod:`difflens.models.amplify`), greedy: both
+        models step together, each with its own KV cache."""
+        import math
+
+        if not math.isfinite(alpha) or not -1.0 <= alpha <= AMPLIFY_MAX:
+            raise DifflensError(f"alpha must be a number from -1 to {AMPLIFY_MAX:g}, "
+                                f"not {alpha!r}")
+        from difflens.data.chat import chat_prompt
+        from difflens.models.amplify import generate_amplified
+        from difflens.models.generation import SamplingConfig
+
+        sampling = SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=False)
+        gens = generate_amplified(self.pair, [chat_prompt(self.pair.tokenizer, prompt)],
+                                  [float(alpha)], sampling)
+        return gens.texts[0].strip()
 
     def _generate(self, text: str, side: str, vector: Any) -> str:
         import contextlib

@@ -55,6 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                             f"--{name}-args=\"--flag value ...\"")
     p.add_argument("--black-box", action="store_true",
                    help="the baseline: no diffing results, only the models")
+    p.add_argument("--amplify-tool", action="store_true",
+                   help="also offer generate_amplified: answers sampled with the finetune's "
+                        "logit difference amplified (needs only the two models' logits, so it "
+                        "is allowed with --black-box too)")
     add_arguments(p, AgentSizes)
     p.add_argument("--protocol", default="auto", choices=["auto", "native", "text"],
                    help="tool protocol: native tool calls, plain text, or auto (fallback on 400)")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     methods = [] if args.black_box else parse_methods(args.methods or "adl")
     settings, llm = build_settings(methods, args.black_box, sizes.budget, sizes.max_turns,
                                    args.protocol, sizes.max_new_tokens, args.hide,
-                                   llm_fields(args))
+                                   llm_fields(args), amplify=args.amplify_tool)
     flags = {name: getattr(args, f"{name}_args") for name in METHODS
              if getattr(args, f"{name}_args", None) is not None}
     plan = plan_run(settings, {"base": sources.base, "finetuned": sources.finetuned,

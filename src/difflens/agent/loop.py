@@ -52,6 +52,8 @@ class AgentConfig:
     """Most LLM answers; the last turn asks for the final answer."""
     protocol: str = "auto"
     max_completion_tokens: int = 1024
+    amplify: bool = False
+    """Offer the ``generate_amplified`` tool (logit-difference amplification)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -93,8 +95,8 @@ def run_agent(client: LLMClient, results: Results, access: ModelAccess | None,
     """Run one agent to its final answer (or its turn limit, or an endpoint failure)."""
     config = config or AgentConfig()
     anon = anonymizer or Anonymizer([])
-    box = ToolBox(results, access, config.budget, anon)
-    specs = tool_specs(results.method, results.steering)
+    box = ToolBox(results, access, config.budget, anon, amplify=config.amplify)
+    specs = tool_specs(results.method, results.steering, config.amplify)
     text_mode = config.protocol == "text"
     run = AgentRun(results.method, config.budget, "text" if text_mode else "native")
     messages = _opening(results, specs, config, anon, text_mode)

@@ -76,7 +76,11 @@ class AgentMethod:
             words = shlex.split(flags or "")
         except ValueError as exc:
             raise DifflensError(f"--{self.name}-args: {exc}") from None
-        config = from_args(cls, parser.parse_args(words), **sources)
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}  # the weights lens has no dtype, say
+        config = from_args(cls, parser.parse_args(words),
+                           **{k: v for k, v in sources.items() if k in known})
         config.validate()
         return config
 
@@ -142,6 +146,14 @@ METHODS: dict[str, AgentMethod] = {m.name: m for m in (
         "their predictions differ most.",
         config="difflens.methods.kl.config:KLConfig", run="difflens.api:run_kl",
         results="difflens.agent.kl_results:kl_results", command="kl", kind="kl"),
+    AgentMethod(
+        "weights", "Weight-space lens",
+        "You are given the results of a weight-space lens, which reads the finetune's weight "
+        "changes alone (no text): which modules changed most and the tokens their main "
+        "directions point to.",
+        config="difflens.methods.weights.config:WeightsConfig", run="difflens.api:run_weights",
+        results="difflens.agent.weights_results:weights_results", command="weights",
+        kind="weights"),
 )}
 
 
@@ -149,9 +161,22 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+#: Suffix of an agent variant that also gets the ``generate_amplified`` tool (``adl+amp``).
+AMPLIFIED = "+amp"
+
+
 def agent_names() -> list[str]:
-    """Every agent ``difflens eval`` can run: one per registered method, and the black box."""
-    return [*METHODS, BLACKBOX]
+    """Every agent ``difflens eval`` can run: one per registered method and the black box,
+    each also as its ``+amp`` variant (with the logit-difference amplification tool)."""
+    plain = [*METHODS, BLACKBOX]
+    return [*plain, *(f"{name}{AMPLIFIED}" for name in plain)]
+
+
+def split_agent(agent: str) -> tuple[str, bool]:
+    """``"adl+amp"`` → ``("adl", True)``; ``"adl"`` → ``("adl", False)``."""
+    if agent.endswith(AMPLIFIED):
+        return agent[: -len(AMPLIFIED)], True
+    return agent, False
 
 
 def get_method(name: str) -> AgentMethod:

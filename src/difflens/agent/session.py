@@ -57,6 +57,7 @@ class AgentSettings:
     llm_base_url: str = ""
     llm_model: str = ""
     hide: tuple[str, ...] = ()
+    amplify: bool = False  # offer the generate_amplified tool
 
     def __post_init__(self) -> None:
         from difflens.agent.loop import AgentConfig
@@ -192,7 +193,8 @@ def _run_agent(plan: Plan, llm: Any, parts: dict[str, Any], pair: Any) -> dict[s
     start = time.perf_counter()
     run = run_agent(LLMClient(llm), results, access,
                     AgentConfig(budget=settings.budget, max_turns=settings.max_turns,
-                                protocol=settings.protocol), Anonymizer(settings.hide))
+                                protocol=settings.protocol, amplify=settings.amplify),
+                    Anonymizer(settings.hide))
     seconds = round(time.perf_counter() - start, 3)
     files = {key: str(agent_dir / name) for key, name in FILES.items()}
     write_json(agent_dir / FILES["transcript"], run.transcript)
@@ -219,14 +221,16 @@ def run_pair_agent(base: str | None = None, finetuned: str | None = None, *,
                    protocol: str = "auto", out: str | Path | None = None, again: bool = False,
                    method_options: Mapping[str, Any] | None = None, device: str = "cpu",
                    dtype: str = "float32", max_new_tokens: int = 48, hide: Any = (),
-                   pair: Any = None, progress: bool = True) -> dict[str, Any]:
+                   pair: Any = None, progress: bool = True,
+                   amplify: bool = False) -> dict[str, Any]:
     """The agent on a pair, from Python (``difflens.agent(...)``); see the module docstring.
 
     ``methods``: names (``"adl,mining"`` or a list) of :data:`~difflens.agent.methods.METHODS`;
     ``method_options``: per method, its command's flags as a string (``"--n-texts 500"``) or a
     dict of its config fields; ``pair``: an already loaded :class:`ModelPair` (else loaded
-    only when needed).  Returns the answer: ``description``, ``hypotheses``,
-    ``tools_called``, ``files`` (transcript, accounting, hypotheses, answer), ``run_dir``."""
+    only when needed); ``amplify``: offer the ``generate_amplified`` tool.  Returns the
+    answer: ``description``, ``hypotheses``, ``tools_called``, ``files`` (transcript,
+    accounting, hypotheses, answer), ``run_dir``."""
     from difflens.agent.methods import parse_methods
     from difflens.llm import LLMClient
 
@@ -234,7 +238,7 @@ def run_pair_agent(base: str | None = None, finetuned: str | None = None, *,
         methods=[] if black_box else parse_methods(methods), black_box=black_box,
         budget=budget, max_turns=max_turns, protocol=protocol, max_new_tokens=max_new_tokens,
         hide=hide, llm_fields={"llm_base_url": llm_base_url, "llm_model": llm_model,
-                               "llm_api_key_env": llm_api_key_env})
+                               "llm_api_key_env": llm_api_key_env}, amplify=amplify)
     sources = {"base": base, "finetuned": finetuned, "device": device, "dtype": dtype}
     plan = plan_run(settings, sources, method_options, out, again)
     if plan.answer is None:
@@ -243,8 +247,8 @@ def run_pair_agent(base: str | None = None, finetuned: str | None = None, *,
 
 
 def build_settings(methods: list[str], black_box: bool, budget: int, max_turns: int,
-                   protocol: str, max_new_tokens: int, hide: Any, llm_fields: dict[str, Any]
-                   ) -> tuple[AgentSettings, Any]:
+                   protocol: str, max_new_tokens: int, hide: Any, llm_fields: dict[str, Any],
+                   amplify: bool = False) -> tuple[AgentSettings, Any]:
     """Agent settings and the agent's :class:`LLMConfig` (from ``--llm-*`` fields, the one
     rule of :func:`~difflens.llm.llm_config_from_fields`); one line when no endpoint is set."""
     from difflens.llm import llm_config_from_fields
@@ -256,7 +260,7 @@ def build_settings(methods: list[str], black_box: bool, budget: int, max_turns: 
         methods=tuple(methods), black_box=black_box, budget=int(budget),
         max_turns=int(max_turns), protocol=protocol, max_new_tokens=int(max_new_tokens),
         llm_base_url=llm.to_dict()["base_url"], llm_model=llm.model,
-        hide=tuple(hide or ()))
+        hide=tuple(hide or ()), amplify=bool(amplify))
     return settings, llm
 
 

@@ -15,7 +15,7 @@ from difflens.agent.access import SIDES, ModelAccess
 from difflens.agent.results import Results
 from difflens.errors import DifflensError
 
-MODEL_TOOLS = ("ask_model", "generate_steered")
+MODEL_TOOLS = ("ask_model", "generate_steered", "generate_amplified")
 FINAL = "final_answer"
 
 
@@ -27,9 +27,12 @@ def _spec(name: str, doc: str, **props: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-def tool_specs(method: str, steering: bool | None = None) -> list[dict[str, Any]]:
+def tool_specs(method: str, steering: bool | None = None,
+               amplify: bool = False) -> list[dict[str, Any]]:
     """Specs of the tools an agent of ``method`` ("adl", "mining", "adl+mining", "blackbox",
-    ...) gets; ``generate_steered`` with ``steering`` (default: ``method == "adl"``)."""
+    ...) gets; ``generate_steered`` with ``steering`` (default: ``method == "adl"``);
+    ``generate_amplified`` with ``amplify`` (it needs only the two models' logits, so the
+    black-box agent may have it too)."""
     if steering is None:
         steering = method == "adl"
     specs = []
@@ -44,6 +47,13 @@ def tool_specs(method: str, steering: bool | None = None) -> list[dict[str, Any]
             "generate_steered", "Answer of the finetuned model steered along the activation "
             "difference at this strength (typical 0.5-4). Costs 1 interaction.",
             prompt={"type": "string"}, strength={"type": "number"}))
+    if amplify:
+        specs.append(_spec(
+            "generate_amplified", "Answer sampled greedily from the finetuned model with its "
+            "difference from the base model amplified: next-token logits (1+alpha)*z_finetuned "
+            "- alpha*z_base. alpha 0 is the finetuned model itself; typical 1-4 (larger makes "
+            "rare finetune behaviour frequent, and text less coherent). Costs 1 interaction.",
+            prompt={"type": "string"}, alpha={"type": "number"}))
     specs.append(_spec("record_hypothesis", "Write a hypothesis in your log (free).",
                        text={"type": "string"}))
     specs.append(_spec(FINAL, "Finish with a description of what the model was finetuned for.",
@@ -65,9 +75,11 @@ class ToolBox:
     calls: list[str] = field(default_factory=list)
     """Names of the tools called, in order (final_answer excluded): the run's evidence trail."""
     names: tuple[str, ...] = ()
+    amplify: bool = False
+    """Offer ``generate_amplified`` (logit-difference amplification)."""
 
     def __post_init__(self) -> None:
-        specs = tool_specs(self.results.method, self.results.steering)
+        specs = tool_specs(self.results.method, self.results.steering, self.amplify)
         self.names = tuple(s["function"]["name"] for s in specs)
 
     def run(self, name: str, args: dict[str, Any]) -> str:
@@ -95,6 +107,10 @@ class ToolBox:
                 side = str(args.get("model") or "finetuned")
                 answer = self.access.ask(str(args["question"]), side)
                 return f"[{side} model] {answer}"
+            if name == "generate_amplified":
+                alpha = float(args["alpha"])
+                answer = self.access.amplify(str(args["prompt"]), alpha)
+                return f"[amplified finetuned model, alpha {alpha:g}] {answer}"
             answer = self.access.steer(str(args["prompt"]), float(args["strength"]))
             return f"[steered finetuned model, strength {args['strength']}] {answer}"
         except KeyError as exc:

@@ -93,7 +93,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--agents", nargs="+", default=["adl", "mining", "blackbox"],
                    choices=agent_names(),
                    help="agents to run: one per diffing method (reading its runs under "
-                        "--runs-root) and the black box (default adl mining blackbox)")
+                        "--runs-root) and the black box (default adl mining blackbox); "
+                        "NAME+amp also gets the generate_amplified tool (logit-difference "
+                        "amplification), e.g. blackbox+amp")
     add_arguments(p, EvalSizes, only=("budgets", "repeats"))
     p.add_argument("--runs-root", default=None,
                    help="folder with <organism>/adl and <organism>/mining run directories "
@@ -229,7 +231,7 @@ def _access_factory(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from difflens.agent import PairAccess
-    from difflens.agent.methods import METHODS
+    from difflens.agent.methods import METHODS, split_agent
     from difflens.models.pair import ModelPair
 
     pairs: dict[str, Any] = {}
@@ -247,8 +249,9 @@ def _access_factory(args: argparse.Namespace) -> Any:
         if pair is None:
             return None
         # A method whose run saves a difference vector (ADL) steers along it.
-        steers = agent in METHODS and METHODS[agent].steering
-        run = Path(args.runs_root or "") / entry.name / agent if steers else None
+        method = split_agent(agent)[0]
+        steers = method in METHODS and METHODS[method].steering
+        run = Path(args.runs_root or "") / entry.name / method if steers else None
         return PairAccess.for_run(pair, run, max_new_tokens=args.max_new_tokens)
 
     return factory

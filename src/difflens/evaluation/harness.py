@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from difflens.agent import AgentConfig, Anonymizer, ModelAccess, run_agent
-from difflens.agent.methods import BLACKBOX, METHODS, agent_names
+from difflens.agent.methods import BLACKBOX, METHODS, agent_names, split_agent
 from difflens.agent.results import Results, blackbox_results
 from difflens.errors import DifflensError
 from difflens.evaluation.metrics import organism_metrics
@@ -63,6 +63,7 @@ class EvalConfig:
 
 
 def _results(config: EvalConfig, organism: str, agent: str) -> Results | None:
+    agent, _ = split_agent(agent)  # the +amp variant reads the same results
     if agent == BLACKBOX:
         return blackbox_results()
     if config.runs_root is None:
@@ -146,7 +147,7 @@ def _one(path: Path, entry: OrganismEntry, agent: str, budget: int, rep: int, re
     log.info("agent %s on %s, budget %d, repeat %d", agent, entry.name, budget, rep)
     run = run_agent(LLMClient(agent_llm), results, access,
                     AgentConfig(budget=budget, max_turns=config.max_turns,
-                                protocol=config.protocol), anon)
+                                protocol=config.protocol, amplify=split_agent(agent)[1]), anon)
     grade: float | None
     if run.status == "error":
         grade = None  # the endpoint failed: counted as an error, not as a bad hypothesis
