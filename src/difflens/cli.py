@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "transformers"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import warnings
 
