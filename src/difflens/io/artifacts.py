@@ -89,6 +89,42 @@ def read_optional_json(path: Path, **kw: Any) -> Any:
     return read_json(path, **kw) if Path(path).is_file() else None
 
 
+def read_run_summary(run: Path, what: str, command: str, required: dict[str, type],
+                     file: str = "summary.json") -> dict[str, Any]:
+    """The summary of a finished run, for a method's result class to read.
+
+    ``what`` names the method ("Diff Mining"), ``command`` its subcommand ("mine") and
+    ``required`` the keys a summary must hold with their types (``{"promoted": list}``).  No
+    file, a file that does not parse, or one without the required keys is a one-line
+    :class:`DifflensError` naming the directory and saying how to re-run.
+    """
+    try:
+        data = read_optional_json(run / file)
+    except DifflensError:
+        data = "not valid JSON"
+    article = "an" if what[:1].lower() in "aeiou" else "a"
+    if data is None:
+        raise DifflensError(f"{run} is not a finished {what} run (no {file}); re-run "
+                            f"`difflens {command} --out {run}` to finish it")
+    missing = [key for key, kind in required.items()
+               if not isinstance(data, dict) or not isinstance(data.get(key), kind)]
+    if missing:
+        why = data if isinstance(data, str) else f"no {', '.join(missing)}"
+        raise DifflensError(f"{run} holds {article} {what} run whose {file} cannot be read "
+                            f"({why}); it is corrupt or from an older difflens: re-run "
+                            f"`difflens {command}` into a fresh --out directory")
+    return data
+
+
+def known_fields(cls: type, data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for the dataclass ``cls``: ``defaults`` for the fields a summary
+    lacks (older or hand-assembled runs), then the summary's values; unknown keys dropped."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    return {**defaults, **{k: v for k, v in data.items() if k in known}}
+
+
 def write_tensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None):
     """Atomically write a safetensors file (tensors made contiguous and moved to CPU)."""
     clean = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}

@@ -43,7 +43,7 @@ from difflens.models.generation import (
     Generations,
     SamplingConfig,
     TokenCallback,
-    _contiguous_head_input,
+    contiguous_head_input,
     end_token_ids,
     row_seed,
     sample_tokens,
@@ -140,7 +140,7 @@ def _side_logits(pair: ModelPair, side: str, cache: Any, ids: torch.Tensor, mask
     """One forward of one side over ``ids`` ``(B, t)`` appending to its ``cache``; returns the
     last position's logits ``(B, V)`` float32 (a copy, as ``generate`` takes)."""
     with pair.use(side) as (model, arch), ExitStack() as stack:
-        stack.enter_context(_contiguous_head_input(arch))
+        stack.enter_context(contiguous_head_input(arch))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1, **{_cache_keyword(model): cache})
         return out.logits[:, -1, :vocab].to(dtype=torch.float32, copy=True)

@@ -197,7 +197,7 @@ def end_token_ids(tokenizer: Any, model: Any) -> list[int]:
 
 
 @contextmanager
-def _contiguous_head_input(arch: Any) -> Iterator[None]:
+def contiguous_head_input(arch: Any) -> Iterator[None]:
     """Hand the unembedding a contiguous input while generating.
 
     With ``logits_to_keep=1`` the prefill's head reads a ``(B, 1, d)`` slice of the hidden
@@ -251,7 +251,7 @@ def _generate_chunk(
     )
     with ExitStack() as stack:
         _steering_hooks(stack, arch, steering)
-        stack.enter_context(_contiguous_head_input(arch))
+        stack.enter_context(contiguous_head_input(arch))
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
             logits_processor=LogitsProcessorList([_RowSampler(sampling, keys, on_token, rows)]),

@@ -75,13 +75,13 @@ class ModelPair:
             finetuned = default_organism_dir()
         kind, location = resolve_source(finetuned)
         if kind == "organism":
-            card, kind, location = _open_organism(Path(location))
+            card, kind, location = open_organism(Path(location))
             if base is None:
                 base = card.get("base_model", EMBEDDED)
         if kind == "adapter":
             adapter_dir = Path(location)
             if base is None:
-                base = _adapter_base(adapter_dir)
+                base = adapter_base(adapter_dir)
             base_model, tokenizer = load_causal_lm(base, options)
             ft_model = _attach_adapter(base_model, adapter_dir)
             pair = cls(ft_model, ft_model, tokenizer, str(base or EMBEDDED), str(finetuned),
@@ -161,7 +161,7 @@ def check_compatible(tok_a: Any, tok_b: Any, model_a: Any, model_b: Any) -> None
         )
 
 
-def _open_organism(path: Path) -> tuple[dict, str, Path]:
+def open_organism(path: Path) -> tuple[dict, str, Path]:
     card = read_config_json(path / "card.json", "organism directory")
     for sub, kind in (("adapter", "adapter"), ("model", "dir")):
         if (path / sub).is_dir():
@@ -172,7 +172,7 @@ def _open_organism(path: Path) -> tuple[dict, str, Path]:
     )
 
 
-def _adapter_base(adapter_dir: Path) -> str:
+def adapter_base(adapter_dir: Path) -> str:
     config = read_config_json(adapter_dir / "adapter_config.json", "PEFT adapter directory")
     base = config.get("base_model_name_or_path") or EMBEDDED
     # The embedded model *is* google/gemma-3-270m: map the hub id to it so it loads offline.

@@ -11,12 +11,16 @@ Run directory layout::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from difflens.errors import DifflensError
-from difflens.io.artifacts import read_json, read_optional_json, write_json
+from difflens.io.artifacts import (
+    known_fields,
+    read_json,
+    read_run_summary,
+    write_json,
+)
 
 GRADES_FILE = "grades.json"
 SEARCH_FILE = "search.json"
@@ -70,22 +74,9 @@ class AmplifyResult:
         """Read ``summary.json`` of the run in ``run`` (one line naming the directory and
         saying to re-run when it is missing, corrupt or has no ``per_alpha`` rows)."""
         run = Path(run)
-        try:
-            data = read_optional_json(run / SUMMARY_FILE)
-        except DifflensError:
-            data = "not valid JSON"
-        if data is None:
-            raise DifflensError(f"{run} is not a finished amplification run (no {SUMMARY_FILE}); "
-                                f"re-run `difflens amplify --out {run}` to finish it")
-        if not isinstance(data, dict) or not isinstance(data.get("per_alpha"), list):
-            why = data if isinstance(data, str) else "no per_alpha rows"
-            raise DifflensError(f"{run} holds an amplification run whose {SUMMARY_FILE} cannot "
-                                f"be read ({why}); re-run `difflens amplify` into a fresh --out "
-                                "directory")
-        known = {f.name for f in fields(cls)}
-        values = {**_MISSING, "run_dir": str(run),
-                  **{k: v for k, v in data.items() if k in known}}
-        return cls(**values)
+        data = read_run_summary(run, "amplification", "amplify", {"per_alpha": list},
+                                SUMMARY_FILE)
+        return cls(**known_fields(cls, {**data, "run_dir": str(run)}, _MISSING))
 
     def rate(self, alpha: float) -> dict[str, Any]:
         """The row of ``alpha`` in :attr:`per_alpha` (KeyError when it was not sampled)."""

@@ -14,14 +14,15 @@ Run directory layout::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from difflens.errors import DifflensError
 from difflens.io.artifacts import (
+    known_fields,
     read_json,
     read_optional_json,
+    read_run_summary,
     read_tensors,
     write_json,
     write_tensors,
@@ -102,21 +103,8 @@ class KLResult:
         ignored.  No summary, or one that does not parse or has no ``stats``, is a one-line
         :class:`DifflensError` naming the directory and saying to re-run."""
         run = Path(run)
-        try:
-            data = read_optional_json(run / SUMMARY_FILE)
-        except DifflensError:
-            data = "not valid JSON"
-        if data is None:
-            raise DifflensError(f"{run} is not a finished per-token KL run (no {SUMMARY_FILE}); "
-                                f"re-run `difflens kl --out {run}` to finish it")
-        if not isinstance(data, dict) or not isinstance(data.get("stats"), dict):
-            why = data if isinstance(data, str) else "no statistics"
-            raise DifflensError(f"{run} holds a per-token KL run whose {SUMMARY_FILE} cannot be "
-                                f"read ({why}); it is corrupt or from an older difflens: re-run "
-                                "`difflens kl` into a fresh --out directory")
-        known = {f.name for f in fields(cls)}
-        values = {**_MISSING, "run_dir": str(run),
-                  **{k: v for k, v in data.items() if k in known}}
+        data = read_run_summary(run, "per-token KL", "kl", {"stats": dict}, SUMMARY_FILE)
+        values = known_fields(cls, {**data, "run_dir": str(run)}, _MISSING)
         values["layers"] = [int(x) for x in values["layers"]]
         return cls(**values)
 

@@ -13,14 +13,15 @@ Run directory layout::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from difflens.errors import DifflensError
 from difflens.io.artifacts import (
+    known_fields,
     read_json,
     read_optional_json,
+    read_run_summary,
     read_tensors,
     write_json,
     write_tensors,
@@ -116,22 +117,8 @@ class MiningResult:
         :class:`DifflensError` naming the directory and saying to re-run.
         """
         run = Path(run)
-        try:
-            data = read_optional_json(run / SUMMARY_FILE)
-        except DifflensError:
-            data = "not valid JSON"
-        if data is None:
-            raise DifflensError(f"{run} is not a finished Diff Mining run (no {SUMMARY_FILE}); "
-                                f"re-run `difflens mine --out {run}` to finish it")
-        if not isinstance(data, dict) or not isinstance(data.get("promoted"), list):
-            why = data if isinstance(data, str) else "no promoted tokens"
-            raise DifflensError(f"{run} holds a Diff Mining run whose {SUMMARY_FILE} cannot be "
-                                f"read ({why}); it is corrupt or from an older difflens: re-run "
-                                "`difflens mine` into a fresh --out directory")
-        known = {f.name for f in fields(cls)}
-        values = {**_MISSING, "run_dir": str(run),
-                  **{k: v for k, v in data.items() if k in known}}
-        return cls(**values)
+        data = read_run_summary(run, "Diff Mining", "mine", {"promoted": list}, SUMMARY_FILE)
+        return cls(**known_fields(cls, {**data, "run_dir": str(run)}, _MISSING))
 
     def top_tokens(self, n: int = 20) -> list[str]:
         """The ``n`` most promoted tokens (Top-K occurrence), as decoded."""

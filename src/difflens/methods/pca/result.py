@@ -21,13 +21,14 @@ JSON keys stay strings in the files; the class gives int layers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from difflens.errors import DifflensError
 from difflens.io.artifacts import (
+    known_fields,
     read_optional_json,
+    read_run_summary,
     read_tensors,
     write_json,
     write_tensors,
@@ -103,8 +104,7 @@ class PCAResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PCAResult:
-        known = {f.name for f in fields(cls)}
-        values = {**_MISSING, **{k: v for k, v in data.items() if k in known}}
+        values = known_fields(cls, data, _MISSING)
         for name in ("pca", "readouts", "patchscope"):
             if values.get(name) is not None:  # optional fields may be absent (defaults)
                 values[name] = int_keys(values[name])
@@ -118,19 +118,7 @@ class PCAResult:
     def load(cls, run: Path | str) -> PCAResult:
         """Read ``summary.json``; an unfinished or unreadable run is one line saying to re-run."""
         run = Path(run)
-        try:
-            data = read_optional_json(run / SUMMARY_FILE)
-        except DifflensError:
-            data = "not valid JSON"
-        if data is None:
-            raise DifflensError(f"{run} is not a finished PCA run (no {SUMMARY_FILE}); re-run "
-                                f"`difflens pca --out {run}` to finish it")
-        if not isinstance(data, dict) or not isinstance(data.get("pca"), dict) or \
-                not isinstance(data.get("layers"), list):
-            why = data if isinstance(data, str) else "no per-layer results"
-            raise DifflensError(f"{run} holds a PCA run whose {SUMMARY_FILE} cannot be read "
-                                f"({why}); it is corrupt or from an older difflens: re-run "
-                                "`difflens pca` into a fresh --out directory")
+        data = read_run_summary(run, "PCA", "pca", {"pca": dict, "layers": list}, SUMMARY_FILE)
         return cls.from_dict({**data, "run_dir": str(run)})
 
     @property

@@ -11,12 +11,16 @@ Files (names defined here only)::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from difflens.errors import DifflensError
-from difflens.io.artifacts import read_json, read_optional_json, write_json
+from difflens.io.artifacts import (
+    known_fields,
+    read_json,
+    read_run_summary,
+    write_json,
+)
 
 MODULES_FILE = "modules.json"
 VECTORS_FILE = "vectors.safetensors"
@@ -56,8 +60,7 @@ class WeightsResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightsResult:
-        known = {f.name for f in fields(cls)}
-        return cls(**{**_MISSING, **{k: v for k, v in data.items() if k in known}})
+        return cls(**known_fields(cls, data, _MISSING))
 
     def save(self, run: Path | str | None = None) -> None:
         write_json(Path(run or self.run_dir) / SUMMARY_FILE, self.to_dict())
@@ -66,18 +69,8 @@ class WeightsResult:
     def load(cls, run: Path | str) -> WeightsResult:
         """Read ``summary.json``; a missing, corrupt or foreign summary is one line ("re-run")."""
         run = Path(run)
-        try:
-            data = read_optional_json(run / SUMMARY_FILE)
-        except DifflensError:
-            data = "not valid JSON"
-        if data is None:
-            raise DifflensError(f"{run} is not a finished weight-space lens run (no "
-                                f"{SUMMARY_FILE}); re-run `difflens weights --out {run}`")
-        if not isinstance(data, dict) or not isinstance(data.get("top_modules"), list):
-            why = data if isinstance(data, str) else "no top_modules"
-            raise DifflensError(f"{run} holds a weight-space lens run whose {SUMMARY_FILE} "
-                                f"cannot be read ({why}); re-run `difflens weights` into a "
-                                "fresh --out directory")
+        data = read_run_summary(run, "weight-space lens", "weights", {"top_modules": list},
+                                SUMMARY_FILE)
         return cls.from_dict({**data, "run_dir": str(run)})
 
     def modules(self) -> list[dict[str, Any]]:

@@ -76,7 +76,7 @@ def _base(source: str | None, method: str) -> tuple[str, str]:
 
 def resolve_pair(base: str | None, finetuned: str | None) -> PairSources:
     """Classify the pair (cheap: paths and small JSON files only)."""
-    from difflens.models.pair import _adapter_base, _open_organism, default_organism_dir
+    from difflens.models.pair import adapter_base, default_organism_dir, open_organism
 
     if finetuned is None:
         if base not in (None, EMBEDDED):
@@ -92,12 +92,12 @@ def resolve_pair(base: str | None, finetuned: str | None) -> PairSources:
             kind, location = "organism", named
     if kind == "organism":
         organism = str(location)
-        card, kind, location = _open_organism(Path(location))
+        card, kind, location = open_organism(Path(location))
         if base is None:
             base = card.get("base_model", EMBEDDED)
     if kind == "adapter":
         if base is None:
-            base = _adapter_base(Path(location))
+            base = adapter_base(Path(location))
         base_kind, base_location = _base(base, LORA)
         return PairSources(LORA, base_kind, base_location, str(base or EMBEDDED), ft_id,
                            adapter_dir=str(location), organism=organism)
