@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        _init_distributed(args.command)
         return int(args.handler(args) or 0)
     except DifflensError as exc:
         print(f"difflens: error: {exc}", file=sys.stderr)
@@ -60,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         print("difflens: interrupted; finished stages are kept and the next run resumes",
               file=sys.stderr)
         return 130
+
+
+# Commands that shard their corpus over torchrun's ranks (difflens.distributed).
+DATA_PARALLEL = ("adl", "mine", "kl", "pca")
+
+
+def _init_distributed(command: str | None) -> None:
+    """Under torchrun (its WORLD_SIZE / RANK variables set), start the process group; a plain
+    ``difflens`` never touches torch.distributed."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return
+    from difflens import distributed
+
+    distributed.refuse_unsupported(command, DATA_PARALLEL)
+    distributed.init_from_env()
 
 
 if __name__ == "__main__":

@@ -83,14 +83,25 @@ def collect_mean_diff(
 
     Returns a :class:`DiffMoments` whose ``mean_diff(layer)`` is δ̄ of shape ``(k, d)``.
     """
+    from difflens import distributed as dd
+
     check_k(k)
     resolved = pair.resolve_layers(layers)
-    tokens = first_k_tokens(pair.tokenizer, texts, k)
+    # Under torchrun every rank tokenises the same corpus and streams its contiguous share of
+    # the rows; the moments are then merged in rank order, so every rank holds the whole's.
+    tokens = dd.shard(first_k_tokens(pair.tokenizer, texts, k))
     stats = DiffMoments(resolved, k, pair.arch(FT).hidden_size)
-    for batch in paired_activations(pair, tokens, resolved, batch_size, progress):
-        for layer in resolved:
-            stats.update(layer, batch.base[layer], batch.ft[layer])
-    return stats
+
+    def local() -> None:
+        for i, batch in enumerate(paired_activations(pair, tokens, resolved, batch_size,
+                                                     progress and dd.is_main())):
+            for layer in resolved:
+                stats.update(layer, batch.base[layer], batch.ft[layer])
+            if i == 0:
+                dd.fault_point()
+
+    dd.run_shard("activation collection", local)
+    return dd.merged(stats)
 
 
 def collect_norms(
@@ -108,17 +119,32 @@ def collect_norms(
     Positions < ``start`` are skipped because BOS and the first tokens have atypical norms; the
     result calibrates steering strengths (``side -> layer -> ν``).
     """
+    from difflens import distributed as dd
+
     resolved = pair.resolve_layers(layers)
+    # The window is decided on the whole text list (identically on every rank), then each rank
+    # reads its share of the rows: the merged means are the single-process ones.
     tokens = _norm_window(pair.tokenizer, texts[: max_texts * 2], start, length)[:max_texts]
     start = min(start, tokens.shape[1] - 1)
+    tokens = dd.shard(tokens)
     moments = {side: {layer: Moments(()) for layer in resolved} for side in (BASE, FT)}
-    for batch in paired_activations(pair, tokens, resolved, batch_size, progress,
-                                    desc="activation norms"):
-        for layer in resolved:
-            for side, acts in ((BASE, batch.base), (FT, batch.ft)):
-                moments[side][layer].update(acts[layer][:, start:].norm(dim=-1).reshape(-1))
+
+    def local() -> None:
+        for batch in paired_activations(pair, tokens, resolved, batch_size,
+                                        progress and dd.is_main(), desc="activation norms"):
+            for layer in resolved:
+                for side, acts in ((BASE, batch.base), (FT, batch.ft)):
+                    moments[side][layer].update(acts[layer][:, start:].norm(dim=-1).reshape(-1))
+
+    dd.run_shard("activation norms", local)
+    parts = dd.gather_objects(moments) or [moments]
+    whole = parts[0]
+    for part in parts[1:]:  # rank order = corpus order
+        for side, per in part.items():
+            for layer, m in per.items():
+                whole[side][layer].merge(m)
     return {side: {layer: float(m.mean) for layer, m in per.items()}
-            for side, per in moments.items()}
+            for side, per in whole.items()}
 
 
 def _norm_window(tokenizer: Any, texts: list[str], start: int, length: int) -> torch.Tensor:

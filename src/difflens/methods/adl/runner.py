@@ -5,6 +5,12 @@ summary.  Each stage's result is a JSON (or safetensors) artifact; a finished st
 recomputed for the same configuration, so an interrupted run resumes where it stopped.  The
 report (the last of :data:`STAGES`, skippable like the others) is rendered by the layer above
 (:func:`difflens.api.run_adl`), not here.
+
+Under torchrun (:mod:`difflens.distributed`) every rank streams its shard of the collection and
+the statistics are merged exactly; rank 0 alone opens the :class:`RunDir` (the stage framework
+stays single-writer: the other ranks never touch it, rank 0 tells them whether "collect" is
+already finished), runs the later stages and writes everything; the other ranks exit 0
+(:class:`~difflens.distributed.WorkerDone`) once the collection is merged.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from difflens import distributed as dd
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
@@ -96,19 +103,25 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     if config.layer is not None:
         readout_layer(pair, config)  # a bad --layer fails before any work
     pair.resolve_layers(list(config.layers))  # the same for --layers
-    grader = make_adl_grader(pair, config) if set(STAGES[:3]) - set(config.skip) else None
+    # Under torchrun only rank 0 grades (every stage after the collection is rank 0's).
+    grader = make_adl_grader(pair, config) \
+        if dd.is_main() and set(STAGES[:3]) - set(config.skip) else None
     gpu = is_gpu(pair.device)
     sizes = resolve_defaults(config, gpu)  # device-dependent defaults, decided in one place
     # The inputs are read before the run directory records this config: a bad corpus or
     # document file leaves nothing that would block the corrected rerun.
     reference = load_texts(config.corpus, limit=sizes.n_texts)
     ft_texts = finetune_documents(pair, config)
-    run = RunDir(out or default_run_dir(config), config.identity(), kind="adl")
-    timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
     # Every layer is read in the one collection pass: the readout layer is chosen from them
     # (layer_choice.py), and the report shows them all.  Going to full depth instead of the
     # old 0.75 costs the forward of the last layers only (README, "Readout layer").
     sweep = list(range(pair.num_layers))
+    if not dd.is_main():  # torchrun rank > 0: its share of the collection, nothing written
+        if not dd.from_main(None):
+            collect(pair, reference, sweep, config.k, config.batch_size, progress)
+        raise dd.WorkerDone()
+    run = RunDir(out or default_run_dir(config), config.identity(), kind="adl")
+    timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
 
     def timed(name: str, compute: Any) -> Any:
         def wrapped() -> Any:
@@ -125,9 +138,11 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
         return run.stage(name, timed(name, compute), lambda v: write_json(path, v),
                          lambda: read_json(path))
 
+    dd.from_main(run.is_done("collect"))  # the other ranks collect only when rank 0 does
     diff = run.stage("collect", timed("collect", lambda: collect(
         pair, reference, sweep, config.k, config.batch_size, progress)),
         lambda d: d.save(run.path), lambda: DiffCollection.load(run.path))
+    dd.end_collectives()  # the rest is rank 0's alone (the others have left), unsharded
     lens = json_stage("logit_lens", lambda: lens_readouts(pair, diff, config.top))
     choice = readout_layer(pair, config, lens)
     layer = choice.layer

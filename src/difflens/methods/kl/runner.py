@@ -2,6 +2,11 @@
 
 layer (the readout layer by ADL's rule, unless --layers) → pass (both models over the corpus:
 KL, norms, fingerprint) → summary.  Only ``layer`` and ``pass`` run the models.
+
+Under torchrun (:mod:`difflens.distributed`) both model stages are sharded by rows: every rank
+tokenises the same corpus, the readout-layer pass merges its moments on every rank, the KL
+pass's :class:`KLStats` (sums, histograms, per-text values, top-context stores) are merged on
+rank 0 in rank order; rank 0 alone writes, the other ranks exit 0 after the pass.
 """
 
 from __future__ import annotations
@@ -61,11 +66,34 @@ def run_kl(config: KLConfig, out: Path | None = None, pair: ModelPair | None = N
             f"no valid positions: every position of the {len(texts)} texts is excluded "
             f"({excluded}); use longer texts or a larger --max-tokens"
             + ("" if config.keep_bos else ", or pass --keep-bos"))
+    from difflens import distributed as dd
+    from difflens.collect import choose_readout_layer
+
+    def compute_pass() -> KLPass | None:
+        # Under torchrun: each rank's contiguous rows, merged on rank 0 in rank (= text) order.
+        start = time.perf_counter()
+        stats = KLStats(config.max_tokens, layers, vocab if config.fingerprint else 0,
+                        [config.divergence, *(norm_name(layer) for layer in layers)],
+                        config.top_contexts, config.before, config.after)
+        lo, hi = dd.shard_range(ids.shape[0])
+        dd.run_shard("the KL pass", lambda: kl_pass(
+            pair, ids[lo:hi], attention[lo:hi], valid[lo:hi], layers, vocab, stats,
+            sizes.batch_size, config.fingerprint, progress and dd.is_main()))
+        whole = dd.merged(stats, to_main=True)
+        return None if whole is None else KLPass(whole, ids, valid, time.perf_counter() - start)
+
+    if not dd.is_main():  # torchrun rank > 0: its shares of the passes, nothing written
+        layer_done, pass_done = dd.from_main(None)
+        if explicit is None and not layer_done:
+            choose_readout_layer(pair, texts, k=config.readout_k, progress=False)
+        layers = dd.from_main(None)
+        if not pass_done:
+            compute_pass()
+        raise dd.WorkerDone()
     run = RunDir(out or default_run_dir(config), config.to_dict(), kind="kl")
+    dd.from_main((run.is_done("layer"), run.is_done("pass")))
     choice = None
     if explicit is None:
-        from difflens.collect import choose_readout_layer
-
         choice = run.stage(
             "layer", lambda: choose_readout_layer(pair, texts, k=config.readout_k,
                                                   progress=progress),
@@ -73,18 +101,10 @@ def run_kl(config: KLConfig, out: Path | None = None, pair: ModelPair | None = N
         layers = sorted({choice.layer, pair.num_layers - 1})
     else:
         layers = explicit
-
-    def compute_pass() -> KLPass:
-        start = time.perf_counter()
-        stats = KLStats(config.max_tokens, layers, vocab if config.fingerprint else 0,
-                        [config.divergence, *(norm_name(layer) for layer in layers)],
-                        config.top_contexts, config.before, config.after)
-        kl_pass(pair, ids, attention, valid, layers, vocab, stats, sizes.batch_size,
-                config.fingerprint, progress)
-        return KLPass(stats, ids, valid, time.perf_counter() - start)
-
+    dd.from_main(layers)
     done = run.stage("pass", compute_pass, lambda p: KLResult.write_pass(run.path, p),
                      lambda: KLResult.read_pass(run.path))
+    dd.end_collectives()  # the summary is rank 0's alone
     start = time.perf_counter()
     result = summarize(done, config, pair, run.path, layers, note, choice)
     result.seconds = {"pass": round(done.seconds, 3),

@@ -203,6 +203,14 @@ class MiningCounts:
         self._add_sample(other.sample_ids, other.sample_idx, other.sample_val)
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickled (sent between torchrun ranks) as its tensors on the CPU, pending sample
+        folded in and without the ``64 × V`` scratch buffer."""
+        return self.to_tensors()
+
+    def __setstate__(self, state: tuple[dict[str, torch.Tensor], dict[str, str]]) -> None:
+        self.__dict__.update(MiningCounts.from_tensors(*state).__dict__)
+
     @property
     def no_difference(self) -> bool:
         """True when Δ is zero up to float noise everywhere (e.g. a model paired with itself)."""
@@ -224,3 +232,17 @@ class MiningCounts:
         for name in (*_VOCAB_TENSORS, "sample_ids", "sample_idx", "sample_val"):
             setattr(counts, name, tensors[name])
         return counts
+
+
+def merge_ranks(counts: MiningCounts) -> MiningCounts | None:
+    """The counts of the whole corpus on torchrun's rank 0 (None on the other ranks; ``counts``
+    itself when alone).
+
+    Each rank's accumulator is gathered to rank 0 and folded in rank order with
+    :meth:`MiningCounts.merge`: the ``(V,)`` counts add exactly (int64), ``sum_delta`` in
+    float64, and the position sample keeps the smallest hash keys of the union — the very
+    positions a single process would keep, since the rule depends only on the global ids.
+    """
+    from difflens import distributed as dd
+
+    return dd.merged(counts, to_main=True)

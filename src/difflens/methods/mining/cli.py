@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     check_corpus(config.corpus, limit=resolve_defaults(config, is_gpu(options.device)).n_texts)
     pair = ModelPair.load(config.base, config.finetuned, options)
     description = args.description or pair.description
-    grader = None if args.no_relevance or not description else make_grader(args)
+    from difflens.distributed import is_main
+
+    # Under torchrun only rank 0 grades (the other ranks stop after their share of the counts).
+    grading = not args.no_relevance and description and is_main()
+    grader = make_grader(args) if grading else None
     summary = run_mining(config, Path(args.out) if args.out else None, pair=pair,
                          progress=not args.quiet, grader=grader, description=description)
     print_summary(summary)

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from difflens import distributed as dd
 from difflens.data.corpus import load_texts
 from difflens.errors import DifflensError
 from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
-from difflens.methods.mining.aggregate import MiningCounts
+from difflens.methods.mining.aggregate import MiningCounts, merge_ranks
 from difflens.methods.mining.config import MiningConfig, resolve_defaults
 from difflens.methods.mining.examples import example_contexts
 from difflens.methods.mining.extract import (
@@ -53,18 +54,39 @@ def default_run_dir(config: MiningConfig) -> Path:
 
 
 def extract_counts(pair: ModelPair, config: MiningConfig, texts: list[str], vocab: int,
-                   layer: int, batch_size: int, progress: bool = True) -> CorpusCounts:
-    """Stream Δ over ``texts`` into :class:`MiningCounts` (the only stage that runs models)."""
+                   layer: int, batch_size: int, progress: bool = True
+                   ) -> CorpusCounts | None:
+    """Stream Δ over ``texts`` into :class:`MiningCounts` (the only stage that runs models).
+
+    Under torchrun every rank tokenises the whole corpus (same padding width, same global
+    position ids), streams its contiguous share of the rows, and the counts are merged on rank
+    0 (:func:`~difflens.methods.mining.aggregate.merge_ranks`); the other ranks get None.
+    """
+    from difflens import distributed as dd
+
     start = time.perf_counter()
     ids, attention = tokenize_padded(pair.tokenizer, texts, config.max_tokens)
     valid = valid_positions(ids, attention, pair.tokenizer, config.mask_bos, config.mask_special)
     counts = MiningCounts(vocab, config.top_k, config.nmf_positions)
     if not bool(valid.any()):
         counts.finalize()  # raises the one-line "no valid positions" error before any forward
-    for batch in delta_batches(pair, ids, valid, attention, layer, vocab, batch_size, progress):
-        counts.update(batch.delta, batch.valid, batch.position_ids)
-        del batch  # free this Δ block before the next one is computed
-    return CorpusCounts(counts.finalize(), ids, attention, layer, time.perf_counter() - start)
+    lo, hi = dd.shard_range(ids.shape[0])
+    offset = lo * ids.shape[1]  # global position id of this shard's first position
+
+    def local() -> None:
+        for i, batch in enumerate(delta_batches(pair, ids[lo:hi], valid[lo:hi],
+                                                attention[lo:hi], layer, vocab, batch_size,
+                                                progress and dd.is_main())):
+            counts.update(batch.delta, batch.valid, batch.position_ids + offset)
+            del batch  # free this Δ block before the next one is computed
+            if i == 0:
+                dd.fault_point()
+
+    dd.run_shard("logit differences", local)
+    whole = merge_ranks(counts)
+    if whole is None:
+        return None
+    return CorpusCounts(whole.finalize(), ids, attention, layer, time.perf_counter() - start)
 
 
 def run_mining(config: MiningConfig, out: Path | None = None, pair: ModelPair | None = None,
@@ -84,8 +106,13 @@ def run_mining(config: MiningConfig, out: Path | None = None, pair: ModelPair | 
     layer = lens_layer(pair, config.lens, config.layer)
     sizes = resolve_defaults(config, is_gpu(pair.device))  # device-dependent, decided once
     n_texts, batch_size = sizes.n_texts, sizes.batch_size
-    run = RunDir(out or default_run_dir(config), config.to_dict(), kind="mining")
     tok = pair.tokenizer
+    if not dd.is_main():  # torchrun rank > 0: its share of the extraction, nothing written
+        if not dd.from_main(None):
+            texts = load_texts(config.corpus, limit=n_texts, tokenizer=tok)
+            extract_counts(pair, config, texts, vocab, layer, batch_size, progress)
+        raise dd.WorkerDone()
+    run = RunDir(out or default_run_dir(config), config.to_dict(), kind="mining")
     specials = set(special_ids(tok))
     timings: dict[str, float] = {}
 
@@ -101,8 +128,10 @@ def run_mining(config: MiningConfig, out: Path | None = None, pair: ModelPair | 
         texts = load_texts(config.corpus, limit=n_texts, tokenizer=tok)
         return extract_counts(pair, config, texts, vocab, layer, batch_size, progress)
 
+    dd.from_main(run.is_done("extract"))  # the other ranks extract only when rank 0 does
     corpus = run.stage("extract", compute_counts, lambda c: c.save(run.path),
                        lambda: CorpusCounts.load(run.path))
+    dd.end_collectives()  # the rest is rank 0's alone
     counts = corpus.counts
     timings["extract"] = round(corpus.seconds, 3)
     order = run.stage(

@@ -143,9 +143,10 @@ def accumulate(pair: ModelPair, ids: torch.Tensor, attention: torch.Tensor, laye
 
 def top_contexts(pair: ModelPair, ids: torch.Tensor, attention: torch.Tensor,
                  components: dict[int, torch.Tensor], n: int, window: int, batch_size: int,
-                 progress: bool = True) -> dict[int, TopContexts]:
+                 progress: bool = True, offset: int = 0) -> dict[int, TopContexts]:
     """Pass 2: per layer, the top-``n`` positions of ``±δ·c`` for each row of
-    ``components[layer]`` ``(C, d)``, with ``window`` tokens either side."""
+    ``components[layer]`` ``(C, d)``, with ``window`` tokens either side; ``offset``: corpus
+    index of ``ids``' first row (a torchrun rank's shard)."""
     layers = sorted(components)
     stores = {la: TopContexts.empty(components[la].shape[0], n, window, window) for la in layers}
     valid_all = valid_positions(attention)
@@ -156,6 +157,6 @@ def top_contexts(pair: ModelPair, ids: torch.Tensor, attention: torch.Tensor,
             comps = components[layer].to(delta[layer].device, delta[layer].dtype)
             proj = delta[layer] @ comps.T  # (B, T, C)
             stores[layer].update(proj, valid_all[start:stop], ids[start:stop],
-                                 attention[start:stop], start)
+                                 attention[start:stop], offset + start)
         del delta, _ft
     return stores

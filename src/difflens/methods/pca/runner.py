@@ -2,6 +2,11 @@
 
 layer → covariance (pass 1) → pca → norms → readout → patchscope → contexts (pass 2) →
 steering → summary.  The report is rendered by the layer above (:func:`difflens.api.run_pca`).
+
+Under torchrun (:mod:`difflens.distributed`) the four passes over the corpus (layer choice,
+covariance, norms, contexts) are sharded by rows and merged (covariances and top-context stores
+on rank 0, the layer choice's moments on every rank); rank 0 alone decomposes, reads out,
+steers and writes, the other ranks exit 0 after the last pass.
 """
 
 from __future__ import annotations
@@ -107,9 +112,49 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
         raise DifflensError(
             "no valid positions: every text of the corpus is a single token (BOS) once "
             "tokenised, and BOS is never counted; give --corpus longer texts")
+    from difflens import distributed as dd
+    from difflens.collect import collect_norms
+
+    batch = sizes.batch_size
+    lo, hi = dd.shard_range(ids.shape[0])  # this rank's rows (all of them when alone)
+
+    def covariance() -> Any:
+        part = dd.run_shard("the covariance pass", lambda: accumulate(
+            pair, ids[lo:hi], attention[lo:hi], layers, config.k, batch,
+            progress and dd.is_main()))
+        return dd.merged(part, to_main=True)
+
+    def norms_pass() -> dict[str, Any]:
+        return {side: str_keys(per) for side, per in collect_norms(
+            pair, texts, layers, progress=progress and dd.is_main()).items()}
+
+    def contexts(top: dict[int, torch.Tensor]) -> Any:
+        part = dd.run_shard("the top-context pass", lambda: top_contexts(
+            pair, ids[lo:hi], attention[lo:hi], top, config.contexts, config.window, batch,
+            progress and dd.is_main(), offset=lo))
+        parts = dd.gather_objects(part, to_main=True)
+        if parts is None:
+            return None
+        for other in parts[1:]:  # the stores rank by (value, text, position): order-free
+            for la, store in parts[0].items():
+                store.merge(other[la])
+        return parts[0]
+
+    if not dd.is_main():  # torchrun rank > 0: its shares of the passes, nothing written
+        plan = dd.from_main(None)
+        if not plan["layer"]:
+            choose_layers(pair, config, texts, batch, False)
+        layers = dd.from_main(None)
+        if not plan["covariance"]:
+            covariance()
+        later = dd.from_main(None)
+        if later["norms"]:
+            norms_pass()
+        if later["contexts"] is not None:
+            contexts(later["contexts"])
+        raise dd.WorkerDone()
     run = RunDir(out or default_run_dir(config), config.identity(), kind="pca")
     timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
-    batch = sizes.batch_size
     notes: list[str] = []
 
     def timed(name: str, compute: Any) -> Any:
@@ -125,12 +170,19 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
         return run.stage(name, timed(name, compute), lambda v: write_json(path, v),
                          lambda: read_json(path))
 
+    # Under torchrun the other ranks run the model passes with rank 0 (layer, covariance,
+    # norms, contexts: every pass over the corpus, sharded by rows) and leave; rank 0 says which
+    # of them are still to do.  The contexts pass therefore runs before the read-outs, which
+    # only rank 0 does (their order does not change any result).
+    dd.from_main({"layer": bool(config.layers) or run.is_done("layer"),
+                  "covariance": run.is_done("covariance")})
     chosen = json_stage("layer", LAYER_FILE,
                         lambda: choose_layers(pair, config, texts, batch, progress))
     layers = [int(x) for x in chosen["layers"]]
-    stats = run.stage("covariance", timed("covariance", lambda: accumulate(
-        pair, ids, attention, layers, config.k, batch, progress)),
-        lambda s: PCAResult.save_stats(run.path, s), lambda: PCAResult.load_stats(run.path))
+    dd.from_main(layers)
+    stats = run.stage("covariance", timed("covariance", covariance),
+                      lambda s: PCAResult.save_stats(run.path, s),
+                      lambda: PCAResult.load_stats(run.path))
 
     def decompose() -> dict[str, Any]:
         fits = {la: fit(stats.cov[la], config.components) for la in layers}
@@ -153,6 +205,18 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
             grader_cache.append(make_grader(pair, config))
         return grader_cache[0]
 
+    wants_norms = not no_difference and ("patchscope" not in config.skip or (
+        "steering" not in config.skip and config.steer > 0))
+    wants_contexts = not no_difference and "contexts" not in config.skip
+    dd.from_main({"norms": wants_norms and not run.is_done("norms"),
+                  "contexts": top if wants_contexts and not run.is_done("contexts") else None})
+    norms: dict[str, Any] = {}
+    if wants_norms:
+        norms = json_stage("norms", NORMS_FILE, norms_pass)
+    if wants_contexts:
+        run.stage("contexts", timed("contexts", lambda: contexts(top)),
+                  lambda s: PCAResult.save_contexts(run.path, s, pair.tokenizer), lambda: None)
+    dd.end_collectives()  # the read-outs and steering are rank 0's alone
     if no_difference:
         notes.append(f"No difference between the models at layer(s) {layers} (rms δ / rms h_ft "
                      f"< {NO_DIFFERENCE_RTOL:g}): the covariance is zero; nothing is read out.")
@@ -163,15 +227,6 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
             steering_runs,
         )
 
-        wants_norms = "patchscope" not in config.skip or (
-            "steering" not in config.skip and config.steer > 0)
-        norms: dict[str, Any] = {}
-        if wants_norms:
-            from difflens.collect import collect_norms
-
-            norms = json_stage("norms", NORMS_FILE, lambda: {
-                side: str_keys(per) for side, per in collect_norms(
-                    pair, texts, layers, progress=progress).items()})
         nu_ft = {int(k): float(v) for k, v in norms.get("ft", {}).items()}
         readouts = int_keys(json_stage("readout", READOUT_FILE, lambda: str_keys(
             {la: lens_readouts(pair, top[la], config.top) for la in layers})))
@@ -179,10 +234,6 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
             patch = int_keys(json_stage("patchscope", PATCHSCOPE_FILE, lambda: str_keys(
                 {la: patchscope_readouts(pair, top[la], la, nu_ft[la], grader(), config.top)
                  for la in layers})))
-        if "contexts" not in config.skip:
-            run.stage("contexts", timed("contexts", lambda: top_contexts(
-                pair, ids, attention, top, config.contexts, config.window, batch, progress)),
-                lambda s: PCAResult.save_contexts(run.path, s, pair.tokenizer), lambda: None)
         if "steering" not in config.skip and config.steer > 0:
             steering = json_stage("steering", STEERING_FILE, lambda: steering_runs(
                 pair, components[steer_layer][: config.steer], steer_layer, nu_ft[steer_layer],

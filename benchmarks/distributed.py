@@ -1,0 +1,108 @@
+"""ADL collection data-parallel: 1 process vs 2 torchrun ranks (gloo) on the embedded pair.
+
+Each configuration is a fresh ``python -m torch.distributed.run --standalone`` launch of
+``difflens adl`` with every stage after the logit lens skipped, so the run is model loading +
+the collection (mean differences over the first k tokens, then the activation norms) + the lens.
+Reported per configuration: the wall time of the whole command and rank 0's ``collect`` stage
+time (its shard plus the merge); the speedup / scaling efficiency of 2 ranks × 1 thread against
+1 process × 1 thread (the faster of two 1-process runs), and equality: max |δ̄ difference| over
+every layer and position (absolute and relative to max |δ̄|), max |ν difference|, the readout
+layer and the top-20 logit-lens tokens at every layer — for 2 ranks vs 1 process and, as the
+floor, for the 1-process run repeated (fp32 CPU kernels are not bit-reproducible across
+processes).  ``--with-threads`` adds 1 process × 2 threads.
+
+Expect little speedup on a shared 2-core machine: one process already uses both cores through
+intra-op threads, and two ranks each load their own copy of the models.  Usage::
+
+    python benchmarks/distributed.py                 # 256 texts × k=5
+    python benchmarks/distributed.py --n-texts 64    # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SKIP = ["patchscope", "steering", "relevance", "similarity", "causal", "report"]
+
+
+def launch(out: Path, procs: int, threads: int, n_texts: int, k: int, batch: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(procs), "-m", "difflens.cli", "adl", "--n-texts", str(n_texts), "--k", str(k),
+           "--batch-size", str(batch), "--skip", *SKIP, "--quiet", "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{procs} process(es) failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return {"procs": procs, "threads_per_proc": threads, "wall_s": round(wall, 2),
+            "collect_s": summary["timings"]["collect"]}
+
+
+def compare(a: Path, b: Path) -> dict:
+    from difflens.methods.adl.result import ADLResult
+
+    ra, rb = ADLResult.load(a), ADLResult.load(b)
+    da, db = ra.difference(), rb.difference()
+    delta = max(float((da.stats.mean_diff(layer).double() - db.stats.mean_diff(layer).double())
+                      .abs().max()) for layer in db.stats.layers)
+    delta = max(delta, max(float((da.stats.diff[layer].mean - db.stats.diff[layer].mean)
+                                 .abs().max()) for layer in db.stats.layers))
+    nu = max(abs(da.norms[s][layer] - v) for s, per in db.norms.items()
+             for layer, v in per.items())
+    same_tokens = all(ra.lens[layer].mean.tokens[:20] == rb.lens[layer].mean.tokens[:20]
+                      for layer in rb.lens)
+    scale = max(float(db.stats.diff[layer].mean.abs().max()) for layer in db.stats.layers)
+    return {"max_abs_mean_diff": delta, "relative": delta / scale, "max_abs_norm_diff": nu,
+            "same_top20_tokens_every_layer": same_tokens, "same_readout_layer":
+            ra.layer == rb.layer}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n-texts", type=int, default=256)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="texts per forward (the same batches on 1 and 2 ranks when the "
+                             "shards are multiples of it)")
+    parser.add_argument("--with-threads", action="store_true",
+                        help="also time 1 process × 2 threads (pathological on a shared "
+                             "machine: spinning OpenMP threads)")
+    args = parser.parse_args()
+    sizes = (args.n_texts, args.k, args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = [launch(root / "p1", 1, 1, *sizes), launch(root / "p2", 2, 1, *sizes),
+                launch(root / "p1again", 1, 1, *sizes)]
+        if args.with_threads:
+            rows.append(launch(root / "p1t2", 1, 2, *sizes))
+        equal = compare(root / "p2", root / "p1")
+        noise = compare(root / "p1again", root / "p1")  # the floor: 1 process run twice
+    one = min(rows[0]["collect_s"], rows[2]["collect_s"])
+    two = rows[1]["collect_s"]
+    speedup = one / two if two else float("nan")
+    result = {"n_texts": args.n_texts, "k": args.k, "batch_size": args.batch_size,
+              "cores": os.cpu_count(), "runs": rows, "collect_speedup": round(speedup, 3),
+              "scaling_efficiency": round(speedup / 2, 3),
+              "wall_speedup": round(min(rows[0]["wall_s"], rows[2]["wall_s"])
+                                    / rows[1]["wall_s"], 3),
+              "equality_2ranks_vs_1proc": equal, "equality_1proc_vs_1proc": noise}
+    for row in rows:
+        print(f"{row['procs']} proc × {row['threads_per_proc']} thread(s): wall "
+              f"{row['wall_s']:.1f} s, collect {row['collect_s']:.2f} s")
+    print(f"2 ranks vs 1 process (1 thread each): collect speedup {speedup:.2f}×, efficiency "
+          f"{speedup / 2:.0%}\n  2 ranks vs 1 process: {equal}\n  1 process vs 1 process: "
+          f"{noise}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
