@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from difflens.models.loading import LoadOptions, ModelSources
 from difflens.options import add_arguments, from_args, group, layer_arg, validate
@@ -72,3 +73,29 @@ def llm_fields(args: argparse.Namespace) -> dict:
         return {}
     return {"llm_base_url": args.llm_base_url, "llm_model": args.llm_model,
             "llm_api_key_env": args.llm_api_key_env}
+
+
+def config_and_pair(args: argparse.Namespace, config_class: type, resolve_defaults: Callable,
+                    **fields: object) -> tuple[Any, Any, Any]:
+    """``(config, pair, out)`` for a command that reads a corpus through a loaded pair.
+
+    The order every such command checks in, so a mistake costs no model load: the flags
+    (ranges, choices, paths, device), ``--out``, the corpus at the size the run will read
+    (``resolve_defaults(config, gpu)``), and only then the models.  ``fields``: config fields
+    not generated as flags (the LLM endpoint, say).
+    """
+    from pathlib import Path
+
+    from difflens.data.corpus import check_corpus
+    from difflens.models.device import is_gpu
+    from difflens.models.pair import ModelPair
+    from difflens.options import check_path
+
+    config = from_args(config_class, args, **fields)
+    config.validate()
+    options = load_options(args)
+    if args.out:
+        check_path(args.out, "out_dir", "--out")
+    check_corpus(config.corpus, limit=resolve_defaults(config, is_gpu(options.device)).n_texts)
+    pair = ModelPair.load(config.base, config.finetuned, options)
+    return config, pair, Path(args.out) if args.out else None

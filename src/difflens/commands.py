@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_llm_args, add_model_args, llm_fields, load_options
+from difflens.cli_args import add_llm_args, add_model_args, llm_fields
 
 __all__ = ["add_llm_args", "llm_fields", "register_all"]
 
@@ -124,28 +124,14 @@ def _register_adl(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_adl(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from difflens.api import run_adl
-    from difflens.data.corpus import check_corpus
+    from difflens.cli_args import config_and_pair
     from difflens.methods.adl.config import ADLConfig, resolve_defaults
     from difflens.methods.adl.summary import print_summary
-    from difflens.models.device import is_gpu
-    from difflens.models.pair import ModelPair
-    from difflens.options import check_path, from_args
 
-    # Flags first (ranges, choices, paths, device), then the cheap inputs (the corpus), and
-    # only then the models: a mistake costs no model load.
-    config = from_args(ADLConfig, args, **llm_fields(args))
-    config.validate()
-    options = load_options(args)
-    if args.out:
-        check_path(args.out, "out_dir", "--out")
-    gpu = is_gpu(options.device)
-    check_corpus(config.corpus, limit=resolve_defaults(config, gpu).n_texts)
-    pair = ModelPair.load(config.base, config.finetuned, options)
-    summary = run_adl(config, Path(args.out) if args.out else None, pair=pair,
-                      progress=not args.quiet)
+    # Flags, --out and the corpus are checked before the models load (config_and_pair).
+    config, pair, out = config_and_pair(args, ADLConfig, resolve_defaults, **llm_fields(args))
+    summary = run_adl(config, out, pair=pair, progress=not args.quiet)
     print_summary(summary)
     return 0
 

@@ -116,6 +116,21 @@ def read_run_summary(run: Path, what: str, command: str, required: dict[str, typ
     return data
 
 
+def timed_stage(timings: dict[str, float], name: str, compute: Callable[[], T]
+                ) -> Callable[[], T]:
+    """``compute`` wrapped to record its seconds in ``timings[name]``: a runner hands it to
+    :meth:`RunDir.stage`, so only stages computed now are timed (reused ones keep theirs)."""
+    import time
+
+    def wrapped() -> T:
+        start = time.perf_counter()
+        value = compute()
+        timings[name] = round(time.perf_counter() - start, 3)
+        return value
+
+    return wrapped
+
+
 def known_fields(cls: type, data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for the dataclass ``cls``: ``defaults`` for the fields a summary
     lacks (older or hand-assembled runs), then the summary's values; unknown keys dropped."""

@@ -16,14 +16,14 @@ already finished), runs the later stages and writes everything; the other ranks 
 from __future__ import annotations
 
 import logging
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from difflens import distributed as dd
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
-from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
+from difflens.io.artifacts import RunDir, config_hash, read_json, timed_stage, write_json
 from difflens.methods.adl.collect_stage import DiffCollection, collect
 from difflens.methods.adl.config import ADLConfig, resolve_defaults
 from difflens.methods.adl.lens_stage import lens_readouts
@@ -123,13 +123,7 @@ def run_adl(config: ADLConfig, out: Path | None = None, pair: ModelPair | None =
     run = RunDir(out or default_run_dir(config), config.identity(), kind="adl")
     timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
 
-    def timed(name: str, compute: Any) -> Any:
-        def wrapped() -> Any:
-            start = time.perf_counter()
-            value = compute()
-            timings[name] = round(time.perf_counter() - start, 2)
-            return value
-        return wrapped
+    timed = partial(timed_stage, timings)  # records each computed stage's seconds
 
     def json_stage(name: str, compute: Any) -> Any:
         if name in config.skip:

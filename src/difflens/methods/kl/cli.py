@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args, load_options
+from difflens.cli_args import add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,25 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from difflens.api import run_kl
-    from difflens.data.corpus import check_corpus
+    from difflens.cli_args import config_and_pair
     from difflens.methods.kl.config import KLConfig, resolve_defaults
     from difflens.methods.kl.summary import print_summary
-    from difflens.models.device import is_gpu
-    from difflens.models.pair import ModelPair
-    from difflens.options import check_path, from_args
 
-    # Flags first (ranges, choices, paths, device), then the corpus, then the models.
-    config = from_args(KLConfig, args)
-    config.validate()  # before minutes of model loading
-    options = load_options(args)
-    if args.out:
-        check_path(args.out, "out_dir", "--out")
-    check_corpus(config.corpus, limit=resolve_defaults(config, is_gpu(options.device)).n_texts)
-    pair = ModelPair.load(config.base, config.finetuned, options)
-    summary = run_kl(config, Path(args.out) if args.out else None, pair=pair,
-                     progress=not args.quiet)
+    config, pair, out = config_and_pair(args, KLConfig, resolve_defaults)
+    summary = run_kl(config, out, pair=pair, progress=not args.quiet)
     print_summary(summary)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args, load_options
+from difflens.cli_args import add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,32 +35,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from difflens.data.corpus import check_corpus
+    from difflens.cli_args import config_and_pair
     from difflens.methods.mining.config import MiningConfig, resolve_defaults
     from difflens.methods.mining.runner import run_mining
     from difflens.methods.mining.summary import print_summary
-    from difflens.models.device import is_gpu
-    from difflens.models.pair import ModelPair
-    from difflens.options import check_path, from_args
 
-    # Flags first (ranges, choices, paths, device), then the corpus, then the models.
-    config = from_args(MiningConfig, args)
-    config.validate()  # before minutes of model loading
-    options = load_options(args)
-    if args.out:
-        check_path(args.out, "out_dir", "--out")
-    check_corpus(config.corpus, limit=resolve_defaults(config, is_gpu(options.device)).n_texts)
-    pair = ModelPair.load(config.base, config.finetuned, options)
+    config, pair, out = config_and_pair(args, MiningConfig, resolve_defaults)
     description = args.description or pair.description
     from difflens.distributed import is_main
 
     # Under torchrun only rank 0 grades (the other ranks stop after their share of the counts).
     grading = not args.no_relevance and description and is_main()
     grader = make_grader(args) if grading else None
-    summary = run_mining(config, Path(args.out) if args.out else None, pair=pair,
-                         progress=not args.quiet, grader=grader, description=description)
+    summary = run_mining(config, out, pair=pair, progress=not args.quiet, grader=grader,
+                         description=description)
     print_summary(summary)
     return 0
 

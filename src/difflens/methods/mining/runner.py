@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from difflens import distributed as dd
 from difflens.data.corpus import load_texts
 from difflens.errors import DifflensError
-from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
+from difflens.io.artifacts import RunDir, config_hash, read_json, timed_stage, write_json
 from difflens.methods.mining.aggregate import MiningCounts, merge_ranks
 from difflens.methods.mining.config import MiningConfig, resolve_defaults
 from difflens.methods.mining.examples import example_contexts
@@ -116,13 +117,7 @@ def run_mining(config: MiningConfig, out: Path | None = None, pair: ModelPair | 
     specials = set(special_ids(tok))
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper() -> Any:
-            start = time.perf_counter()
-            value = fn()
-            timings[name] = round(time.perf_counter() - start, 3)
-            return value
-        return wrapper
+    timed = partial(timed_stage, timings)  # records each computed stage's seconds
 
     def compute_counts() -> CorpusCounts:
         texts = load_texts(config.corpus, limit=n_texts, tokenizer=tok)

@@ -11,7 +11,7 @@ steers and writes, the other ranks exit 0 after the last pass.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
-from difflens.io.artifacts import RunDir, config_hash, read_json, write_json
+from difflens.io.artifacts import RunDir, config_hash, read_json, timed_stage, write_json
 from difflens.methods.pca.config import PCAConfig, check_components, resolve_defaults
 from difflens.methods.pca.core import NO_DIFFERENCE_RTOL, PCAFit, cosines, fit, valid_positions
 from difflens.methods.pca.passes import accumulate, tokenize, top_contexts
@@ -157,13 +157,7 @@ def run_pca(config: PCAConfig, out: Path | None = None, pair: ModelPair | None =
     timings: dict[str, float] = dict(run.finished().get("_timings", {}).get("seconds", {}))
     notes: list[str] = []
 
-    def timed(name: str, compute: Any) -> Any:
-        def wrapped() -> Any:
-            start = time.perf_counter()
-            value = compute()
-            timings[name] = round(time.perf_counter() - start, 2)
-            return value
-        return wrapped
+    timed = partial(timed_stage, timings)  # records each computed stage's seconds
 
     def json_stage(name: str, file: str, compute: Any) -> Any:
         path = run.path / file

@@ -8,7 +8,7 @@ nothing half-written.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from difflens.io.artifacts import (
     config_hash,
     read_json,
     read_tensors,
+    timed_stage,
     write_json,
     write_tensors,
 )
@@ -125,13 +126,7 @@ def run_weights(config: WeightsConfig, out: Path | None = None, progress: bool =
     run = RunDir(out or default_run_dir(config), config.to_dict(), kind="weights")
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper() -> Any:
-            start = time.perf_counter()
-            value = fn()
-            timings[name] = round(time.perf_counter() - start, 3)
-            return value
-        return wrapper
+    timed = partial(timed_stage, timings)  # records each computed stage's seconds
 
     def save_diff(value: tuple[list[ModuleStats], dict[str, Any]]) -> None:
         rows, vectors = value
