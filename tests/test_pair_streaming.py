@@ -105,3 +105,21 @@ def test_pair_from_models_of_other_families(family):
     batch = next(paired_activations(pair, tokens, [2], progress=False))
     assert batch.base[2].shape == (8, 5, 32)
     assert (batch.ft[2] - batch.base[2]).abs().max() > 0
+
+
+def test_collect_mean_diff_streams_the_same_rows_as_first_k_tokens(tiny_dir, tiny_ft_dir):
+    """The tokenise-ahead stream gives the moments of the rows of ``first_k_tokens``, the sums
+    come back to the CPU, and a corpus without a k-token text is one clear error."""
+    from difflens.errors import DifflensError
+
+    pair = ModelPair.load(base=tiny_dir, finetuned=tiny_ft_dir)
+    texts = ["hi", *TEXTS, ""]
+    stats = collect_mean_diff(pair, texts, [2], k=5, batch_size=4, progress=False)
+    tokens = first_k_tokens(pair.tokenizer, texts, 5)
+    delta = (layer_activations(pair, FT, tokens, [2])[2]
+             - layer_activations(pair, BASE, tokens, [2])[2]).double()
+    assert stats.count == tokens.shape[0]
+    assert stats.diff[2].mean.device.type == "cpu" and stats.means["ft"][2].device.type == "cpu"
+    torch.testing.assert_close(stats.diff[2].mean, delta.mean(0))
+    with pytest.raises(DifflensError, match="shorter than 5 tokens"):
+        collect_mean_diff(pair, ["hi", ""], [2], k=5, progress=False)

@@ -7,13 +7,14 @@ batches into streaming accumulators (:mod:`difflens.stats`), so memory is O(B·k
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from difflens.data.tokenize import check_k, first_k_tokens
+from difflens.data.tokenize import check_k, first_k_batches, first_k_tokens
+from difflens.errors import DifflensError
 from difflens.models.hooks import capture, run_forward
 from difflens.models.pair import BASE, FT
 from difflens.stats import DiffMoments, Moments
@@ -50,19 +51,29 @@ def layer_activations(
 
 def paired_activations(
     pair: ModelPair,
-    tokens: torch.Tensor,
+    tokens: torch.Tensor | Iterable[torch.Tensor],
     layers: list[int],
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "collecting activations",
+    total: int | None = None,
 ) -> Iterator[PairedBatch]:
-    """Stream base and finetuned activations of ``tokens`` (``(N, T)``, no padding)."""
+    """Stream base and finetuned activations of ``tokens``: an ``(N, T)`` tensor (no padding),
+    cut into batches of ``batch_size`` rows, or an iterable of ``(B, T)`` batches (e.g.
+    :func:`~difflens.data.tokenize.first_k_batches`, tokenising ahead in a thread), with
+    ``total`` rows for the progress bar."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=tokens.shape[0], desc=desc, unit="text", disable=not progress or None)
+    if isinstance(tokens, torch.Tensor):
+        total = tokens.shape[0]
+        tensor = tokens
+        batches: Iterable[torch.Tensor] = (tensor[start: start + batch_size]
+                                           for start in range(0, tensor.shape[0], batch_size))
+    else:
+        batches = tokens
+    bar = tqdm(total=total, desc=desc, unit="text", disable=not progress or None)
     try:
-        for start in range(0, tokens.shape[0], batch_size):
-            batch = tokens[start : start + batch_size]
+        for batch in batches:
             base = layer_activations(pair, BASE, batch, layers)
             ft = layer_activations(pair, FT, batch, layers)
             bar.update(batch.shape[0])
@@ -87,21 +98,28 @@ def collect_mean_diff(
 
     check_k(k)
     resolved = pair.resolve_layers(layers)
-    # Under torchrun every rank tokenises the same corpus and streams its contiguous share of
-    # the rows; the moments are then merged in rank order, so every rank holds the whole's.
-    tokens = dd.shard(first_k_tokens(pair.tokenizer, texts, k))
+    # Under torchrun each rank tokenises and streams its contiguous share of the texts; the
+    # moments are then merged in rank order (= corpus order), so every rank holds the whole's.
+    # The tokenizer runs a chunk ahead in a thread, hidden behind the forward passes.
+    mine = dd.shard(texts)
+    batches = first_k_batches(pair.tokenizer, mine, k, batch_size)
     stats = DiffMoments(resolved, k, pair.arch(FT).hidden_size)
 
     def local() -> None:
-        for i, batch in enumerate(paired_activations(pair, tokens, resolved, batch_size,
-                                                     progress and dd.is_main())):
+        for i, batch in enumerate(paired_activations(pair, batches, resolved, batch_size,
+                                                     progress and dd.is_main(), total=len(mine))):
             for layer in resolved:
                 stats.update(layer, batch.base[layer], batch.ft[layer])
             if i == 0:
                 dd.fault_point()
+        stats.to("cpu")  # summed on the model's device; merged and saved on the host
 
     dd.run_shard("activation collection", local)
-    return dd.merged(stats)
+    whole = dd.merged(stats)
+    if whole.count == 0:
+        raise DifflensError(f"every text of the corpus is shorter than {k} tokens; use longer "
+                            "texts or a smaller k")
+    return whole
 
 
 def collect_norms(
@@ -135,6 +153,9 @@ def collect_norms(
             for layer in resolved:
                 for side, acts in ((BASE, batch.base), (FT, batch.ft)):
                     moments[side][layer].update(acts[layer][:, start:].norm(dim=-1).reshape(-1))
+        for per in moments.values():
+            for m in per.values():
+                m.to("cpu")
 
     dd.run_shard("activation norms", local)
     parts = dd.gather_objects(moments) or [moments]
@@ -150,8 +171,6 @@ def collect_norms(
 def _norm_window(tokenizer: Any, texts: list[str], start: int, length: int) -> torch.Tensor:
     """First-``length`` windows; shorter windows (down to ``start + 1``, then 2) for corpora of
     short texts, so calibration degrades gracefully instead of failing."""
-    from difflens.errors import DifflensError
-
     for size in sorted({length, 16, 8, start + 1, 2}, reverse=True):
         if size > length:
             continue

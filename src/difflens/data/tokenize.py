@@ -9,6 +9,7 @@ is logged.  Batches of rows of different lengths are padded by :mod:`difflens.da
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from difflens.errors import DifflensError
@@ -101,6 +102,49 @@ def first_k_tokens(tokenizer: Any, texts: list[str], k: int) -> Any:
             f"every text of the corpus is shorter than {k} tokens; use longer texts or a smaller k"
         )
     return torch.tensor(rows, dtype=torch.long)
+
+
+def first_k_batches(tokenizer: Any, texts: list[str], k: int, batch_size: int,
+                    chunk_texts: int | None = None) -> Iterator[Any]:
+    """The rows of :func:`first_k_tokens` in ``(B, k)`` batches of ``batch_size`` (the last may
+    be smaller), tokenised chunk by chunk while the caller works on the previous batches.
+
+    The next chunk of ``chunk_texts`` texts (default ``max(batch_size, 256)``) is tokenised in
+    a background thread — fast tokenizers run in Rust without the GIL — so on a GPU the
+    tokenizer's time hides behind the forward passes instead of adding to them.  The batches
+    are exactly ``first_k_tokens(...)[i : i + batch_size]``; texts shorter than ``k`` are dropped
+    (logged at the end) and nothing is yielded when no text has ``k`` tokens (the caller decides
+    whether that is an error: under torchrun one rank's share may be empty).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    check_k(k)
+    chunk = max(1, chunk_texts or max(batch_size, 256))
+    starts = range(0, len(texts), chunk)
+    pending: list[list[int]] = []
+    kept = 0
+
+    def rows(lo: int) -> list[list[int]]:
+        return [ids for ids in encode_first(tokenizer, texts[lo: lo + chunk], k) if len(ids) >= k]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difflens-tokenize") as pool:
+        future = pool.submit(rows, 0) if len(texts) else None
+        for lo in starts:
+            ready = future.result() if future is not None else []
+            nxt = lo + chunk
+            future = pool.submit(rows, nxt) if nxt < len(texts) else None
+            pending.extend(ready)
+            while len(pending) >= batch_size:
+                batch, pending = pending[:batch_size], pending[batch_size:]
+                kept += len(batch)
+                yield torch.tensor(batch, dtype=torch.long)
+    if pending:
+        kept += len(pending)
+        yield torch.tensor(pending, dtype=torch.long)
+    if kept < len(texts):
+        log.info("dropped %d of %d texts shorter than %d tokens", len(texts) - kept, len(texts), k)
 
 
 def check_k(k: int) -> None:

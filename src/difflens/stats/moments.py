@@ -31,11 +31,17 @@ class Moments:
             self.m2 = torch.zeros(self.shape, dtype=torch.float64)
 
     def update(self, x: torch.Tensor) -> None:
-        """Add a batch ``x`` of shape ``(N, *shape)``."""
-        x = x.detach().to(device="cpu", dtype=torch.float64)
+        """Add a batch ``x`` of shape ``(N, *shape)``.
+
+        The sums live on ``x``'s device (float64): on a GPU, copying every batch to the host
+        and reducing it there in float64 cost more than the forward passes that made it.
+        :meth:`to` brings them back to the CPU for merging and saving.
+        """
+        x = x.detach().to(dtype=torch.float64)
         n = x.shape[0]
         if n == 0:
             return
+        self.to(x.device)
         batch_mean = x.mean(dim=0)
         batch_m2 = ((x - batch_mean) ** 2).sum(dim=0)
         self._combine(n, batch_mean, batch_m2)
@@ -45,7 +51,13 @@ class Moments:
         if other.shape != self.shape:
             raise ValueError(f"cannot merge moments of shape {other.shape} into {self.shape}")
         if other.count:
-            self._combine(other.count, other.mean, other.m2)
+            device = self.mean.device
+            self._combine(other.count, other.mean.to(device), other.m2.to(device))
+        return self
+
+    def to(self, device: torch.device | str) -> Moments:
+        """Move the sums to ``device`` (in place); returns self."""
+        self.mean, self.m2 = self.mean.to(device), self.m2.to(device)
         return self
 
     def _combine(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
@@ -95,13 +107,17 @@ class DiffMoments:
                 self.norms.setdefault(side, {}).setdefault(layer, Moments((self.k,)))
 
     def update(self, layer: int, h_base: torch.Tensor, h_ft: torch.Tensor) -> None:
-        """Add a batch at ``layer``: ``h_base``, ``h_ft`` of shape ``(B, k, d)``."""
-        h_base = h_base.detach().to("cpu", torch.float64)
-        h_ft = h_ft.detach().to("cpu", torch.float64)
+        """Add a batch at ``layer``: ``h_base``, ``h_ft`` of shape ``(B, k, d)``.
+
+        Accumulates on the activations' device (see :meth:`Moments.update`); call
+        :meth:`to` ``("cpu")`` before merging across processes or saving.
+        """
+        h_base = h_base.detach().to(dtype=torch.float64)
+        h_ft = h_ft.detach().to(h_base.device, torch.float64)
         delta = h_ft - h_base
         self.diff[layer].update(delta)
-        self.means["base"][layer] += h_base.sum(0)
-        self.means["ft"][layer] += h_ft.sum(0)
+        for side, h in (("base", h_base), ("ft", h_ft)):
+            self.means[side][layer] = self.means[side][layer].to(h.device) + h.sum(0)
         self.norms["base"][layer].update(h_base.norm(dim=-1))
         self.norms["ft"][layer].update(h_ft.norm(dim=-1))
         self.norms["diff"][layer].update(delta.norm(dim=-1))
@@ -113,9 +129,20 @@ class DiffMoments:
         for layer in self.layers:
             self.diff[layer].merge(other.diff[layer])
             for side in self.means:
-                self.means[side][layer] += other.means[side][layer]
+                mine = self.means[side][layer]
+                self.means[side][layer] = mine + other.means[side][layer].to(mine.device)
             for side in self.norms:
                 self.norms[side][layer].merge(other.norms[side][layer])
+        return self
+
+    def to(self, device: torch.device | str) -> DiffMoments:
+        """Move every sum to ``device`` (in place); returns self."""
+        for layer in self.layers:
+            self.diff[layer].to(device)
+            for side in self.means:
+                self.means[side][layer] = self.means[side][layer].to(device)
+            for per in self.norms.values():
+                per[layer].to(device)
         return self
 
     @property
