@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -183,15 +183,22 @@ def _norm_window(tokenizer: Any, texts: list[str], start: int, length: int) -> t
     return first_k_tokens(tokenizer, texts, 2)
 
 
-def choose_readout_layer(pair: ModelPair, texts: list[str], k: int = 5, batch_size: int = 64,
-                         progress: bool = True) -> Any:
-    """The readout layer by ADL's rule (:func:`difflens.stats.layer_choice.choose_layer`), from
-    a short pass over the first ``k`` tokens of ``texts`` reading every layer.
+class ReadoutPass(NamedTuple):
+    """What :func:`readout_pass` measured: the layer choice and the statistics behind it."""
 
-    For methods that need "the layer ADL would read" without an ADL run (KL norms, PCA): the
-    rule's only input is ‖δ̄_ℓ‖/ν^ft_ℓ per layer, δ̄ averaged over positions 1..k-1 (BOS kept
-    apart), ν^ft from :func:`collect_norms`.  Returns a
-    :class:`~difflens.stats.layer_choice.LayerChoice`.
+    choice: Any  # difflens.stats.layer_choice.LayerChoice
+    stats: DiffMoments  # every layer's δ moments over the first k tokens
+    norms: dict[str, dict[int, float]]  # side -> layer -> ν (mean ‖h‖, positions 5..31)
+
+
+def readout_pass(pair: ModelPair, texts: list[str], k: int = 5, batch_size: int = 64,
+                 progress: bool = True) -> ReadoutPass:
+    """The readout layer by ADL's rule (:func:`difflens.stats.layer_choice.choose_layer`), from
+    a short pass over the first ``k`` tokens of ``texts`` reading every layer, with that pass's
+    statistics (so a caller that also needs δ̄ or ν at the chosen layer does not run it again).
+
+    The rule's only input is ‖δ̄_ℓ‖/ν^ft_ℓ per layer, δ̄ averaged over positions 1..k-1 (BOS
+    kept apart), ν^ft from :func:`collect_norms`.
     """
     from difflens.stats.layer_choice import choose_layer
 
@@ -203,4 +210,11 @@ def choose_readout_layer(pair: ModelPair, texts: list[str], k: int = 5, batch_si
         delta = stats.mean_diff(layer)  # (k, d)
         avg = delta[1:].mean(0) if delta.shape[0] > 1 else delta[0]
         rel[layer] = float(avg.norm()) / max(norms[FT][layer], 1e-12)
-    return choose_layer(rel, pair.num_layers)
+    return ReadoutPass(choose_layer(rel, pair.num_layers), stats, norms)
+
+
+def choose_readout_layer(pair: ModelPair, texts: list[str], k: int = 5, batch_size: int = 64,
+                         progress: bool = True) -> Any:
+    """For methods that need "the layer ADL would read" without an ADL run (KL norms, PCA):
+    :func:`readout_pass`'s :class:`~difflens.stats.layer_choice.LayerChoice`."""
+    return readout_pass(pair, texts, k, batch_size, progress).choice

@@ -9,7 +9,7 @@ Columns, all sampled with the same random stream (key 0) so they differ only by 
   position (:func:`difflens.models.generation.generate`), ``v`` the mean activation difference
   δ̄ scaled to the finetuned model's typical activation norm ν_ft, so β is in units of ν_ft.
   ``v`` comes from an ADL run (``--adl-run``: its readout layer and saved δ̄) or, without one,
-  from a short pass at startup: ADL's readout-layer rule (:func:`collect.choose_readout_layer`)
+  from a short pass at startup: ADL's readout-layer rule (:func:`collect.readout_pass`)
   over the first 5 tokens of 64 reference texts, then δ̄ (positions 1..4, BOS apart) and ν_ft at
   that layer.  Seconds on the embedded pair, and no run directory is needed.
 
@@ -120,15 +120,16 @@ def adl_steering(run_dir: str | Path) -> SteeringVector:
 
 def startup_steering(pair: ModelPair) -> SteeringVector | None:
     """δ̄ from a short ADL-like pass (module docstring); None when the models do not differ."""
-    from difflens.collect import choose_readout_layer, collect_mean_diff, collect_norms
+    from difflens.collect import readout_pass
     from difflens.data.corpus import REFERENCE, load_texts
     from difflens.models.pair import FT
     from difflens.models.patchscope import unit_scaled
 
     texts = load_texts(REFERENCE, limit=STARTUP_TEXTS)
-    layer = choose_readout_layer(pair, texts, k=STARTUP_K, progress=False).layer
-    delta = collect_mean_diff(pair, texts, [layer], k=STARTUP_K, progress=False).mean_diff(layer)
-    norm = collect_norms(pair, texts, [layer], progress=False)[FT][layer]
+    measured = readout_pass(pair, texts, k=STARTUP_K, progress=False)  # one pass, reused
+    layer = measured.choice.layer
+    delta = measured.stats.mean_diff(layer)
+    norm = measured.norms[FT][layer]
     try:
         vector = unit_scaled(delta[1:].mean(0), norm)
     except ValueError:  # identical models: nothing to steer along
