@@ -27,7 +27,6 @@ finetuned and plain base sampling token for token (tested against :func:`generat
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -43,10 +42,13 @@ from difflens.models.generation import (
     Generations,
     SamplingConfig,
     TokenCallback,
+    cache_keyword,
+    choose_tokens,
     contiguous_head_input,
+    cut_at_end,
     end_token_ids,
-    row_seed,
-    sample_tokens,
+    new_cache,
+    row_uniforms,
 )
 from difflens.models.pair import BASE, FT
 
@@ -118,23 +120,6 @@ def shared_vocab_note(pair: ModelPair) -> tuple[int, str | None]:
     return shared_vocab(pair), vocab_note(pair)
 
 
-def _cache_keyword(model: Any) -> str:
-    """``cache`` (transformers ≥ 5) or ``past_key_values``: the forward's name for the cache."""
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(type(target).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    try:
-        return DynamicCache(config=config)  # sliding-window layers get their own cache kind
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
 def _side_logits(pair: ModelPair, side: str, cache: Any, ids: torch.Tensor, mask: torch.Tensor,
                  positions: torch.Tensor, vocab: int) -> torch.Tensor:
     """One forward of one side over ``ids`` ``(B, t)`` appending to its ``cache``; returns the
@@ -142,7 +127,7 @@ def _side_logits(pair: ModelPair, side: str, cache: Any, ids: torch.Tensor, mask
     with pair.use(side) as (model, arch), ExitStack() as stack:
         stack.enter_context(contiguous_head_input(arch))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=1, **{_cache_keyword(model): cache})
+                    use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache})
         return out.logits[:, -1, :vocab].to(dtype=torch.float32, copy=True)
 
 
@@ -158,27 +143,22 @@ def _amplify_chunk(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[flo
     # Position ids as generate derives them for left padding (pads get 0, masked anyway).
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     alpha = torch.tensor([float(a) for a in alphas], dtype=torch.float32, device=device)[:, None]
-    streams = [torch.Generator().manual_seed(row_seed(sampling.seed, k)) for k in keys]
+    # One draw per row per step, finished rows included, taken up front (as generate does).
+    uniform = (row_uniforms(sampling.seed, keys, sampling.max_new_tokens).to(device)
+               if sampling.do_sample else None)
     with pair.use(FT) as (model, _):
-        caches = {FT: _new_cache(model), BASE: _new_cache(model)}
+        caches = {FT: new_cache(model), BASE: new_cache(model)}
     end_ids = torch.tensor(ends, dtype=torch.long, device=device)
     pad = pad_id(tok)
     running = torch.ones(len(prompts), dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []
     step_ids = ids
-    for _ in range(sampling.max_new_tokens):
+    for t in range(sampling.max_new_tokens):
         z_ft = _side_logits(pair, FT, caches[FT], step_ids, mask, positions, vocab)
         z_base = _side_logits(pair, BASE, caches[BASE], step_ids, mask, positions, vocab)
         logits = amplify_logits(z_ft, z_base.to(z_ft.device), alpha)
         del z_ft, z_base
-        if sampling.do_sample:
-            # One draw per row per step, finished rows included: the streams stay aligned
-            # with generate's sampler, which draws for every row.
-            uniform = torch.cat([torch.rand(1, generator=g) for g in streams])
-            chosen = sample_tokens(logits, uniform, sampling.temperature, sampling.top_p,
-                                   sampling.top_k)
-        else:
-            chosen = logits.argmax(-1)
+        chosen = choose_tokens(logits, sampling, None if uniform is None else uniform[:, t])
         chosen = torch.where(running, chosen.to(device), torch.full_like(chosen, pad))
         new.append(chosen)
         if on_token is not None:
@@ -190,13 +170,7 @@ def _amplify_chunk(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[flo
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         positions = positions[:, -1:] + 1
     out = torch.stack(new, dim=1).cpu() if new else torch.zeros((len(prompts), 0), dtype=torch.long)
-    texts, counts = [], []
-    end_set = set(ends)
-    for row in out.tolist():
-        cut = next((i for i, t in enumerate(row) if t in end_set), None)
-        kept = row if cut is None else row[:cut]
-        texts.append(tok.decode(kept, skip_special_tokens=True))
-        counts.append(len(row) if cut is None else cut + 1)
+    texts, counts = cut_at_end(tok, out, ends)
     return texts, counts, out.shape[1]
 
 

@@ -5,8 +5,9 @@ Two properties the steering search relies on:
 * **Per-row steering.** Every row of a batch carries its own ``(vector, layer, alpha)``; rows
   that share a layer share one hook adding a ``(B, d)`` tensor (zero rows for unsteered ones), so
   many strengths and an unsteered baseline run in one ``generate`` call.
-* **Per-row random streams.** Each row samples with its own ``torch.Generator`` seeded from
-  ``(seed, row key)``, one uniform draw per step.  A row's continuation therefore does not
+* **Per-row random streams.**  Each row samples with its own ``torch.Generator`` seeded from
+  ``(seed, row key)``, one uniform draw per step (all of a call's draws are taken at its start,
+  :func:`row_uniforms`, which gives the same numbers).  A row's continuation therefore does not
   depend on which other rows share its batch, nor on the batch size: a strength evaluated inside
   a large look-ahead batch gives the same samples as evaluated alone, so batched and sequential
   searches can make identical decisions.  Using the same key for a prompt at every strength
@@ -14,20 +15,29 @@ Two properties the steering search relies on:
   (Exact up to float rounding: another batch shape or padding width can change logits by
   ~1e-6, which flips a draw only when it lands that close to a CDF boundary.)
 
-Sampling runs as the last logits processor of ``transformers``' ``generate`` in greedy mode: the
-processor draws the token and returns logits that are ``-inf`` everywhere else, so the greedy
-step picks exactly that token whatever defaults the model's generation config carries.
+**Decoding** is our own loop (:func:`decode`), not ``transformers``' ``generate``: the same
+model calls (prefill with position ids from the left padding, then one token per step with a
+growing mask, ``logits_to_keep=1``, logits copied to float32), the same token choice and the
+same end rule (a row past its end token gets the pad id; the call stops when every row ended),
+so the tokens are ``generate``'s (tested against plain greedy ``generate`` on every tiny
+family), without its per-step logits-processor and stopping-criteria machinery.  On a CUDA
+device, for families ``transformers`` can compile, the KV cache is static and every step after
+the first is one CUDA-graph replay (:mod:`difflens.models.cuda_graphs`); if that path raises,
+one warning is logged and the call (and every later one) decodes eagerly.
 
 **Streaming.**  ``on_token`` (default None: nothing changes) is called once per decoding step
 with the step's rows (indices into the call's prompts) and the token drawn for each, as soon as
-it is drawn; rows past their end token are still reported (the caller cuts at the first end
-token, as :class:`Generations` does).  An exception raised by it aborts the generation (a live
-page uses that to stop work for a closed connection).
+it is drawn; rows past their end token are reported with the pad id (the caller cuts at the
+first end token, as :class:`Generations` does).  An exception raised by it aborts the
+generation (a live page uses that to stop work for a closed connection).  Streaming calls
+always decode eagerly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +55,8 @@ from difflens.models.pair import BASE, FT
 
 if TYPE_CHECKING:
     from difflens.models.pair import ModelPair
+
+log = logging.getLogger(__name__)
 
 #: Row-key stride between a seed and the next: keys below it never collide across seeds.
 _SEED_STRIDE = 1_000_003
@@ -150,29 +162,91 @@ def row_seed(seed: int, key: int) -> int:
     return seed * _SEED_STRIDE + key
 
 
-class _RowSampler:
-    """Logits processor drawing each row's token from its own stream (see module docstring)."""
+def row_uniforms(seed: int, keys: Sequence[int], steps: int) -> torch.Tensor:
+    """The first ``steps`` draws of every row's stream, drawn once per call instead of per step.
 
-    def __init__(self, config: SamplingConfig, keys: Sequence[int],
-                 on_token: TokenCallback | None = None, rows: Sequence[int] = ()) -> None:
-        self.config = config
-        self.generators = [
-            torch.Generator().manual_seed(row_seed(config.seed, key)) for key in keys
-        ]
-        self.on_token = on_token  # streaming hook (module docstring); rows: its row indices
-        self.rows = list(rows)
+    Returns:
+        ``(B, steps)`` float32; column ``t`` is what drawing one uniform per step from each
+        row's ``torch.Generator`` gives at step ``t``: the CPU uniform kernel consumes its
+        generator serially, so ``n`` draws at once equal ``n`` single draws (tested).  One call
+        per row per generation instead of one per row per step, and on a GPU one copy.
+    """
+    if steps <= 0:
+        return torch.zeros(len(keys), 0)
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(
+        row_seed(seed, key))) for key in keys]) if keys else torch.zeros(0, steps)
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.do_sample:
-            uniform = torch.cat([torch.rand(1, generator=g) for g in self.generators])
-            chosen = sample_tokens(scores, uniform, cfg.temperature, cfg.top_p, cfg.top_k)
-        else:
-            chosen = scores.argmax(-1)
-        if self.on_token is not None:
-            self.on_token(self.rows, chosen.tolist())
-        # In place: ``scores`` is generate's own float copy of the logits, read no more.
-        return scores.fill_(-math.inf).scatter_(1, chosen[:, None], 0.0)
+
+def choose_tokens(logits: torch.Tensor, sampling: SamplingConfig,
+                  uniform: torch.Tensor | None) -> torch.Tensor:
+    """One token per row: argmax (greedy) or :func:`sample_tokens` with this step's draws.
+
+    Args:
+        logits: ``(B, V)`` float32; uniform: ``(B,)`` (ignored when greedy).
+    """
+    if not sampling.do_sample or uniform is None:
+        return logits.argmax(-1)
+    return sample_tokens(logits, uniform, sampling.temperature, sampling.top_p, sampling.top_k)
+
+
+def cut_at_end(tokenizer: Any, new: torch.Tensor, ends: Sequence[int]
+               ) -> tuple[list[str], list[int]]:
+    """Texts cut at each row's first end token, and tokens per row (its end token included).
+
+    Args:
+        new: ``(B, T)`` generated ids (anything after a row's end token is ignored).
+    """
+    texts, counts = [], []
+    end_set = set(ends)
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in end_set), None)
+        kept = row if cut is None else row[:cut]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+        counts.append(len(row) if cut is None else cut + 1)
+    return texts, counts
+
+
+def steps_run(new: torch.Tensor, ends: Sequence[int]) -> int:
+    """Decoding steps up to the one where the last row ended (all ``T`` if one never did).
+
+    Args:
+        new: ``(B, T)`` ids with pad after each row's end token; generation stops when every row
+            has ended, so with deferred stop checks (GPU) the surplus steps are cut here.
+    """
+    if new.shape[1] == 0:
+        return 0
+    ended = torch.isin(new, torch.tensor(list(ends), dtype=new.dtype, device=new.device))
+    if not bool(ended.any(1).all()):
+        return new.shape[1]
+    return int(ended.int().argmax(1).max()) + 1
+
+
+def cache_keyword(model: Any) -> str:
+    """``cache`` (transformers ≥ 5) or ``past_key_values``: the forward's name for the cache."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(target).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def new_cache(model: Any, static_length: int | None = None) -> Any:
+    """A fresh KV cache: dynamic, or static with ``static_length`` slots (prompt + new tokens)."""
+    from transformers import DynamicCache, StaticCache
+
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    if static_length is not None:
+        return StaticCache(config=config, max_cache_len=static_length)
+    try:
+        return DynamicCache(config=config)  # sliding-window layers get their own cache kind
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def static_cache_supported(model: Any) -> bool:
+    """Whether transformers can decode this family with a static cache under ``torch.compile``
+    (``_can_compile_fullgraph``; ``_supports_static_cache`` before transformers 5)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(target, "_can_compile_fullgraph", False)
+                or getattr(target, "_supports_static_cache", False))
 
 
 # -- model-facing helpers -----------------------------------------------------------------------
@@ -214,56 +288,135 @@ def contiguous_head_input(arch: Any) -> Iterator[None]:
 
 
 def _steering_hooks(stack: ExitStack, arch: Any, steering: Sequence[Steer | None]) -> None:
-    """Enter one ``add_vector`` hook per steered layer with a ``(B, d)`` per-row tensor."""
+    """Enter one ``add_vector`` hook per steered layer with a ``(B, d)`` per-row tensor, built
+    once per call on the model's device and in its dtype (the hook then only broadcasts it)."""
     by_layer: dict[int, torch.Tensor] = {}
-    device = next(arch.model.parameters()).device  # built there once, not copied every step
+    param = next(arch.model.parameters())
     for row, steer in enumerate(steering):
         if steer is None or steer.vector is None or steer.alpha == 0:
             continue
         layer = arch.resolve_layer(steer.layer)
         if layer not in by_layer:
-            by_layer[layer] = torch.zeros(len(steering), arch.hidden_size, device=device)
-        by_layer[layer][row] = float(steer.alpha) * steer.vector.detach().float().to(device)
+            by_layer[layer] = torch.zeros(len(steering), arch.hidden_size)
+        by_layer[layer][row] = float(steer.alpha) * steer.vector.detach().float().cpu()
     for layer, vectors in by_layer.items():
+        # alpha·v in float32 then one cast, as the hook's own cast did every step before.
+        vectors = vectors.to(device=param.device, dtype=param.dtype)
         stack.enter_context(add_vector(arch, layer, vectors, positions=None))
 
 
 @torch.inference_mode()
+def decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, sampling: SamplingConfig,
+           keys: Sequence[int], ends: Sequence[int], pad: int,
+           on_token: TokenCallback | None = None, rows: Sequence[int] = (),
+           static: bool = False, graphs: bool = False) -> torch.Tensor:
+    """Our decode loop (what ``generate`` did, without its per-step machinery).
+
+    Args:
+        ids, mask: ``(B, L)`` left-padded prompts on the model's device.
+        static: a static KV cache of ``L + max_new_tokens`` slots instead of a dynamic one.
+        graphs: replay each decoding step as one CUDA graph (needs ``static``; CUDA only).
+    Returns:
+        ``(B, steps)`` new ids on the CPU, pad after each row's end token (as ``generate``).
+    """
+    from difflens.models.cuda_graphs import GraphStep, sliding_windows_fit
+
+    batch, length = ids.shape
+    total = sampling.max_new_tokens
+    device = ids.device
+    if total <= 0:
+        return torch.zeros(batch, 0, dtype=torch.long)
+    uniform = row_uniforms(sampling.seed, keys, total).to(device) if sampling.do_sample else None
+    cache = new_cache(model, length + total if static else None)
+    keyword = cache_keyword(model)
+    # Position ids as generate derives them for left padding (pads get 0, masked anyway).
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    last = positions[:, -1:]
+    full_mask = torch.cat([mask, mask.new_ones(batch, total)], dim=-1)
+    end_ids = torch.tensor(list(ends), dtype=torch.long, device=device)
+    out = torch.full((batch, total), pad, dtype=torch.long, device=device)
+    running = torch.ones(batch, dtype=torch.bool, device=device)
+    # A stop check is a device sync: on a GPU without a streaming hook, check every 8 steps
+    # and cut the surplus afterwards (steps_run); the tokens are the same.
+    every = 8 if device.type == "cuda" and on_token is None else 1
+
+    def forward(step_ids: torch.Tensor, width: int, pos: torch.Tensor) -> torch.Tensor:
+        result = model(input_ids=step_ids, attention_mask=full_mask[:, :width], position_ids=pos,
+                       use_cache=True, logits_to_keep=1, **{keyword: cache})
+        return result.logits[:, -1].to(dtype=torch.float32, copy=True)
+
+    if graphs and not sliding_windows_fit(model, length + total):
+        graphs = False  # a sliding cache would fill: its roll is a host-side branch
+    step = GraphStep(model, cache, keyword, full_mask) if graphs else None
+    logits = forward(ids, length, positions)
+    for t in range(total):
+        chosen = choose_tokens(logits, sampling, None if uniform is None else uniform[:, t])
+        chosen = torch.where(running, chosen, torch.full_like(chosen, pad))
+        out[:, t] = chosen
+        if on_token is not None:
+            on_token(list(rows), chosen.tolist())
+        running &= ~torch.isin(chosen, end_ids)
+        if t + 1 == total or ((t + 1) % every == 0 and not bool(running.any())):
+            break
+        pos = last + (t + 1)
+        width = length + t + 1
+        logits = step(chosen[:, None], width, pos) if step is not None else \
+            forward(chosen[:, None], width, pos)
+    new = out.cpu()
+    return new[:, :steps_run(new, ends)]
+
+
+def _graphs_wanted(model: Any, device: torch.device) -> bool:
+    from difflens.models.device import is_gpu
+
+    return is_gpu(device) and static_cache_supported(model) and not _GRAPHS_FAILED
+
+
+#: Set after the first failure of the CUDA-graph path: later calls go eager without retrying.
+_GRAPHS_FAILED = False
+#: Set once the first CUDA-graph call of the process gave the eager loop's tokens.
+_GRAPHS_CHECKED = False
+
+
+def _check_graphs_once(fast: torch.Tensor, eager: torch.Tensor) -> None:
+    """The first CUDA-graph decode of a process is also decoded eagerly and must give the same
+    tokens: a replay that read stale inputs would give wrong tokens without raising, so this
+    turns it into a failure (and the eager path) instead.  Costs one extra decode, once."""
+    global _GRAPHS_CHECKED
+    if not torch.equal(fast, eager):
+        raise RuntimeError("the replayed decoding steps gave other tokens than eager decoding")
+    _GRAPHS_CHECKED = True
+
+
 def _generate_chunk(
     model: Any, arch: Any, tokenizer: Any, prompts: Sequence[str], sampling: SamplingConfig,
     steering: Sequence[Steer | None], keys: Sequence[int], ends: list[int],
     on_token: TokenCallback | None = None, rows: Sequence[int] = (),
 ) -> tuple[list[str], list[int], int]:
-    from transformers import GenerationConfig, LogitsProcessorList
-
+    global _GRAPHS_FAILED
     ids, mask = left_padded(tokenizer, prompts)
     device = next(model.parameters()).device
-    # Explicit neutral values: unset fields would be filled from the model's generation config.
-    # Except min_new_tokens: an explicit 0 makes generate add a no-op minimum-length processor
-    # that copies the (B, V) scores every step (5% of a CPU step at 262k tokens), so it is only
-    # set when the model's own config would otherwise impose a minimum.
-    imposes_minimum = bool(getattr(model.generation_config, "min_new_tokens", None))
-    config = GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens, min_length=0,
-        min_new_tokens=0 if imposes_minimum else None, do_sample=False,
-        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-        eos_token_id=ends, pad_token_id=pad_id(tokenizer),
-    )
+    ids, mask = ids.to(device), mask.to(device)
+    pad = pad_id(tokenizer)
     with ExitStack() as stack:
         _steering_hooks(stack, arch, steering)
         stack.enter_context(contiguous_head_input(arch))
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-            logits_processor=LogitsProcessorList([_RowSampler(sampling, keys, on_token, rows)]),
-        )
-    new = out[:, ids.shape[1]:].cpu()
-    texts, counts = [], []
-    end_set = set(ends)
-    for row in new.tolist():
-        cut = next((i for i, t in enumerate(row) if t in end_set), None)
-        kept = row if cut is None else row[:cut]
-        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
-        counts.append(len(row) if cut is None else cut + 1)
+        new = None
+        # Streaming calls stay eager: a failure half-way would report tokens twice.
+        if on_token is None and _graphs_wanted(model, device):
+            try:
+                new = decode(model, ids, mask, sampling, keys, ends, pad, static=True,
+                             graphs=True)
+                if not _GRAPHS_CHECKED:
+                    _check_graphs_once(new, decode(model, ids, mask, sampling, keys, ends, pad))
+            except Exception as exc:  # any failure of the fast path: the eager one still works
+                new = None
+                _GRAPHS_FAILED = True
+                log.warning("static-cache CUDA-graph decoding failed (%s: %s); decoding eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        if new is None:
+            new = decode(model, ids, mask, sampling, keys, ends, pad, on_token, rows)
+    texts, counts = cut_at_end(tokenizer, new, ends)
     return texts, counts, new.shape[1]
 
 
