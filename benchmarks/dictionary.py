@@ -1,21 +1,26 @@
 """Training throughput of the BatchTopK crosscoder and diff-SAE against a plain PyTorch loop.
 
-For each dictionary width, three numbers in tokens/s (one token = one row of the batch; for the
+For each dictionary width, these numbers in tokens/s (one token = one row of the batch; for the
 crosscoder a row is a (base, ft) pair):
 
-* ``reference``: a straightforward implementation written here - dense encoder, flat top-k over
-  the whole ``B × F`` score matrix, dense masked latents, dense decoder, AuxK via dense masks,
-  plain autograd - i.e. what one writes first (and what most research code does);
-* ``difflens``: :class:`~difflens.methods.dictionary.Trainer` steps (sparse decode and sparse
-  gradients, candidate-pruned selection, fused Adam, plus the trainer's lr/k schedule);
+* ``reference`` (the plain loop): a straightforward implementation written here - dense encoder,
+  flat top-k over the whole ``B × F`` score matrix, dense masked latents, dense decoder, AuxK via
+  dense masks, plain autograd - i.e. what one writes first (and what most research code does);
+* ``dense``, ``sparse``, ``auto``: :class:`~difflens.methods.dictionary.Trainer` steps with
+  ``DictionaryConfig.compute_path`` forced to the dense path (masked dense latents, dense matrix
+  products), forced to the sparse path (sparse decode and sparse gradients), or measured at the
+  first step (``auto``, the default: the faster of the two on the real batch); all with the
+  candidate-pruned selection, fused Adam and the trainer's lr/k schedule.  The path ``auto``
+  chose is printed, and the one-time cost of its measurement (kept out of the step times);
 * ``floor``: the dense encoder matmul alone (forward only), which any exact implementation must
-  pay - measured in the same run, because absolute times drift on a shared machine.
+  pay.
 
-Both implementations run from the same initial weights, with the same fraction of latents
-marked dead (so AuxK runs in both); one step of each is compared first to show they compute the
-same update.  The reference uses the default ``torch.optim.Adam``; the last lines time the
-optimiser step alone (default vs fused) so the share of the speed-up that comes from it is
-visible.
+Every variant is measured in the same run, interleaved step by step (the fastest of ``--steps``
+rounds is kept), because absolute times drift on a shared machine.  All run from the same
+initial weights, with the same fraction of latents marked dead (so AuxK runs in all); one step
+of each is compared first to show they compute the same update.  The reference uses the
+default ``torch.optim.Adam``; the last lines time the optimiser step alone (default vs fused) so
+the share of the speed-up that comes from it is visible.
 
 The cache section times the activation cache's storage path on synthetic activations (no model):
 writing shards (serialisation, sha256, atomic write + fsync, manifest after each shard) and
@@ -24,7 +29,7 @@ the raw disk speed measured in the same run (write + fsync, then read, of random
 same sizes; the page cache is dropped for both before reading).  Usage::
 
     python benchmarks/dictionary.py                     # d=640, widths 2048 4096 8192 + cache
-    python benchmarks/dictionary.py --widths 2048 --steps 2
+    python benchmarks/dictionary.py --widths 2048 8192 --steps 3 --skip-cache
     python benchmarks/dictionary.py --cache-only --cache-rows 131072
 """
 
@@ -41,6 +46,9 @@ import torch
 from torch import Tensor, nn
 
 from difflens.methods.dictionary import Crosscoder, DictionaryConfig, DiffSAE, TrainConfig, Trainer
+from difflens.methods.dictionary.sparse_ops import time_calls
+
+PATHS = ("dense", "sparse", "auto")
 
 
 class ReferenceBatchTopK(nn.Module):
@@ -79,6 +87,7 @@ class ReferenceBatchTopK(nn.Module):
 
 
 def _time(fn: Callable[[], object], steps: int) -> float:
+    """Mean seconds of ``fn`` over ``steps`` calls after one warm-up call."""
     fn()  # warm-up (allocations, first-call overheads)
     start = time.perf_counter()
     for _ in range(steps):
@@ -87,44 +96,56 @@ def _time(fn: Callable[[], object], steps: int) -> float:
 
 
 def bench(kind: str, d: int, width: int, batch: int, k: int, steps: int, dead: float) -> dict:
-    cfg = DictionaryConfig(d_in=d, width=width, k=k, dead_tokens=10**11, seed=0)
-    model = Crosscoder(cfg) if kind == "crosscoder" else DiffSAE(cfg)
-    n_models = model.n_models
     gen = torch.Generator().manual_seed(1)
+    n_models = 2 if kind == "crosscoder" else 1
     x = torch.randn(batch, n_models, d, generator=gen)
-    # Mark a fixed fraction of latents dead in both implementations so that AuxK runs.
-    n_dead = int(dead * width)
-    with torch.no_grad():
-        model.tokens_since_fired.zero_()
-        model.tokens_since_fired[:n_dead] = 10**12
-    ref = ReferenceBatchTopK(model)
+    model_input = x if kind == "crosscoder" else x[:, 0]
+    n_dead = int(dead * width)  # a fixed set of dead latents in every variant: AuxK runs
     train_cfg = TrainConfig(steps=10**6, batch_size=batch, lr=1e-4, warmup_steps=0, progress=False,
                             log_every=10**6, norm_sample_rows=0)
-    trainer = Trainer(model, train_cfg)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-4)
-    model_input = x if kind == "crosscoder" else x[:, 0]
+    steps_of: dict[str, Callable[[], None]] = {}
+    models = {}
+    for path in PATHS:
+        cfg = DictionaryConfig(d_in=d, width=width, k=k, dead_tokens=10**11, seed=0,
+                               compute_path=path)
+        model = Crosscoder(cfg) if kind == "crosscoder" else DiffSAE(cfg)
+        with torch.no_grad():
+            model.tokens_since_fired.zero_()
+            model.tokens_since_fired[:n_dead] = 10**12
+        trainer = Trainer(model, train_cfg)
 
-    # Same update check: one step of each from identical weights.
+        def ours_step(trainer: Trainer = trainer, model: nn.Module = model) -> None:
+            trainer.train_step(model_input)
+            model.tokens_since_fired[:n_dead] = 10**12  # the dead set stays fixed
+
+        models[path], steps_of[path] = model, ours_step
+    ref = ReferenceBatchTopK(models["dense"])
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-4)
+
     def ref_step() -> None:
         ref_opt.zero_grad(set_to_none=True)
         ref.loss(x).backward()
         ref_opt.step()
 
-    def ours_step() -> None:
-        trainer.train_step(model_input)
-        model.tokens_since_fired[:n_dead] = 10**12  # keep the dead set fixed like the reference
-
+    # Same update check: one step of each from identical weights (auto measures its paths here).
     ref_step()
-    ours_step()
-    max_diff = float((ref.W_dec.detach() - model.W_dec.detach()).abs().max())
+    steps_of["dense"]()
+    steps_of["sparse"]()
+    start = time.perf_counter()
+    steps_of["auto"]()
+    first_auto = time.perf_counter() - start
+    max_diff = max(float((ref.W_dec.detach() - models[p].W_dec.detach()).abs().max())
+                   for p in PATHS)
+    (choice,) = models["auto"].path_choice.values()
 
-    w_enc = model.W_enc.detach().reshape(width, -1)
+    w_enc = models["dense"].W_enc.detach().reshape(width, -1)
     flat = x.reshape(batch, -1)
-    t_ref = _time(ref_step, steps)
-    t_ours = _time(ours_step, steps)
-    t_floor = _time(lambda: torch.addmm(model.b_enc.detach(), flat, w_enc.T), steps)
-    return {"kind": kind, "width": width, "ref": batch / t_ref, "ours": batch / t_ours,
-            "floor": batch / t_floor, "max_diff": max_diff}
+    floor = lambda: torch.addmm(models["dense"].b_enc.detach(), flat, w_enc.T)  # noqa: E731
+    seconds = time_calls({"ref": ref_step, **steps_of, "floor": floor}, torch.device("cpu"),
+                         repeats=steps, max_repeats=steps)
+    result = {name: batch / t for name, t in seconds.items()}
+    return {"kind": kind, "width": width, **result, "choice": choice, "max_diff": max_diff,
+            "trial_s": first_auto - seconds["auto"]}
 
 
 def adam_step_ms(width: int, d: int, steps: int) -> tuple[float, float]:
@@ -239,6 +260,7 @@ def main() -> None:
     parser.add_argument("--tokens-per-shard", type=int, default=1 << 14)
     parser.add_argument("--cache-dir", default=None, help="where to write (default: $TMPDIR)")
     parser.add_argument("--cache-only", action="store_true", help="skip the training benchmark")
+    parser.add_argument("--skip-cache", action="store_true", help="skip the cache benchmark")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -247,21 +269,27 @@ def main() -> None:
         return
     print(f"d={args.d} batch={args.batch_size} k={args.k} dead={args.dead:.0%} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    header = (f"{'model':<11}{'width':>7}{'reference':>12}{'difflens':>11}{'speed-up':>10}"
-              f"{'floor':>10}{'of floor':>10}{'1-step Δ':>10}")
+    print("tokens/s (fastest of interleaved steps); ratios are to the plain loop (reference)")
+    header = (f"{'model':<11}{'width':>6}{'reference':>11}{'dense':>9}{'sparse':>9}{'auto':>9}"
+              f"{'dense×':>8}{'sparse×':>8}{'auto×':>7}  {'auto chose':<20}{'trial':>7}"
+              f"{'of floor':>9}{'1-step Δ':>10}")
     print(header)
     print("-" * len(header))
     for kind in ("crosscoder", "diff_sae"):
         for width in args.widths:
             r = bench(kind, args.d, width, args.batch_size, args.k, args.steps, args.dead)
-            print(f"{kind:<11}{width:>7}{r['ref']:>10.0f}/s{r['ours']:>9.0f}/s"
-                  f"{r['ours'] / r['ref']:>9.2f}x{r['floor']:>8.0f}/s"
-                  f"{r['ours'] / r['floor']:>9.0%} {r['max_diff']:>9.1e}")
+            c = r["choice"]
+            chose = f"{c['path']} ({c['dense_ms']:.0f}/{c['sparse_ms']:.0f} ms)"
+            print(f"{kind:<11}{width:>6}{r['ref']:>9.0f}/s{r['dense']:>7.0f}/s"
+                  f"{r['sparse']:>7.0f}/s{r['auto']:>7.0f}/s{r['dense'] / r['ref']:>7.2f}x"
+                  f"{r['sparse'] / r['ref']:>7.2f}x{r['auto'] / r['ref']:>6.2f}x  {chose:<20}"
+                  f"{r['trial_s']:>6.1f}s{r['auto'] / r['floor']:>9.0%} {r['max_diff']:>9.1e}")
     for width in args.widths:
         plain, fused = adam_step_ms(width, args.d, args.steps)
         print(f"Adam step alone, crosscoder width {width}: default {plain:.0f} ms, "
               f"fused {fused:.0f} ms")
-    print_cache_bench(args)
+    if not args.skip_cache:
+        print_cache_bench(args)
 
 
 if __name__ == "__main__":

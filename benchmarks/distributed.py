@@ -16,6 +16,7 @@ intra-op threads, and two ranks each load their own copy of the models.  Usage::
 
     python benchmarks/distributed.py                 # 256 texts × k=5
     python benchmarks/distributed.py --n-texts 64    # a quick check
+    python benchmarks/distributed.py --train --n-texts 64   # dictionary training, 1 vs 2 ranks
 """
 
 from __future__ import annotations
@@ -66,6 +67,53 @@ def compare(a: Path, b: Path) -> dict:
             ra.layer == rb.layer}
 
 
+def launch_train(cache: Path, out: Path, procs: int, steps: int, batch: int, width: int) -> dict:
+    """``difflens train crosscoder`` on ``procs`` torchrun ranks × 1 thread: wall seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(procs), "-m", "difflens.cli", "train", "crosscoder", "--cache", str(cache),
+           "--width", str(width), "--k", "32", "--steps", str(steps), "--batch-size", str(batch),
+           "--checkpoint-every", "0", "--quiet", "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"training on {procs} process(es) failed:\n{proc.stderr[-3000:]}")
+    return {"procs": procs, "wall_s": round(wall, 2)}
+
+
+def train_rows(args: argparse.Namespace) -> None:
+    """Dictionary training data-parallel (``--train``): a cache of the embedded pair, then a
+    crosscoder trained by 1 process and by 2 ranks (DDP); wall times and the largest weight
+    difference (the floor: 1 process run twice)."""
+    from difflens.methods.dictionary import load_dictionary
+
+    def max_diff(a: Path, b: Path) -> float:
+        sa = load_dictionary(a / "dictionary").state_dict()
+        sb = load_dictionary(b / "dictionary").state_dict()
+        return max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-m", "difflens.cli", "cache", "--n-texts",
+                        str(args.n_texts), "--max-tokens", "64", "--quiet", "--out",
+                        str(root / "cache")], env=env, check=True)
+        sizes = (args.train_steps, args.train_batch, args.train_width)
+        rows = [launch_train(root / "cache", root / "t1", 1, *sizes),
+                launch_train(root / "cache", root / "t2", 2, *sizes),
+                launch_train(root / "cache", root / "t1again", 1, *sizes)]
+        equal, noise = max_diff(root / "t2", root / "t1"), max_diff(root / "t1again", root / "t1")
+    one = min(rows[0]["wall_s"], rows[2]["wall_s"])
+    for row in rows:
+        print(f"train: {row['procs']} proc × 1 thread: wall {row['wall_s']:.1f} s")
+    print(f"train: 2 ranks vs 1 process: wall speedup {one / rows[1]['wall_s']:.2f}×; max |Δ "
+          f"weight| {equal:.3g} (1 process twice: {noise:.3g})")
+    print(json.dumps({"train": rows, "steps": args.train_steps, "batch_size": args.train_batch,
+                      "width": args.train_width, "max_abs_weight_diff_2v1": equal,
+                      "max_abs_weight_diff_1v1": noise}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n-texts", type=int, default=256)
@@ -76,7 +124,16 @@ def main() -> None:
     parser.add_argument("--with-threads", action="store_true",
                         help="also time 1 process × 2 threads (pathological on a shared "
                              "machine: spinning OpenMP threads)")
+    parser.add_argument("--train", action="store_true",
+                        help="instead: dictionary training, 1 process vs 2 ranks (DDP) on a "
+                             "cache of --n-texts texts of the embedded pair")
+    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-batch", type=int, default=1024)
+    parser.add_argument("--train-width", type=int, default=4096)
     args = parser.parse_args()
+    if args.train:
+        train_rows(args)
+        return
     sizes = (args.n_texts, args.k, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -298,3 +298,93 @@ def test_cli_cache_command(capsys, tiny_dir, tiny_ft_dir, corpus, tmp_path):
     code, line = cli(capsys, "cache", "--base", tiny_dir, "--finetuned", tiny_ft_dir,
                      "--corpus", corpus, "--max-tokens", 0, "--out", out, "--quiet")
     assert code == 2 and "--max-tokens" in line
+
+
+def straightforward_shard(pair, cache, index: int, dtype: torch.dtype) -> bytes:
+    """Shard ``index`` the straightforward way: the same batches, a per-sequence copy loop on the
+    host, statistics-free, serialised once (what the cache wrote before rows were gathered on
+    the device and written behind)."""
+    from safetensors.torch import save
+
+    from difflens.data.padding import pad_id, pad_rows
+    from difflens.methods.dictionary.cache import FORMAT
+
+    seqs = cache.sequences(index)
+    n = sum(s.end - s.start for s in seqs)
+    acts = {layer: torch.empty(n, 2, cache.d_model) for layer in cache.layers}
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i].tokens))
+    batch_size = 8  # config()'s
+    for lo in range(0, len(order), batch_size):
+        batch = [seqs[i] for i in order[lo: lo + batch_size]]
+        ids, mask = pad_rows([s.tokens for s in batch], pad_id(pair.tokenizer))
+        for m, side in enumerate(("base", "ft")):
+            out = layer_activations(pair, side, ids, cache.layers,
+                                    None if bool(mask.all()) else mask)
+            for layer in cache.layers:
+                for row, s in enumerate(batch):
+                    acts[layer][s.start: s.end, m] = out[layer][row, s.first_position:
+                                                                len(s.tokens)]
+    tensors = {f"acts.{layer}": a.to(dtype).contiguous() for layer, a in acts.items()}
+    tensors["seq"] = torch.cat([torch.full((s.end - s.start,), s.seq) for s in seqs])
+    tensors["pos"] = torch.cat([torch.arange(s.first_position, len(s.tokens)) for s in seqs])
+    return save(tensors, metadata={"format": f"{FORMAT} shard {index}"})
+
+
+def test_shards_are_byte_identical_to_the_straightforward_path(pair, corpus, cache, tmp_path):
+    from difflens.methods.dictionary.cache import sha256_hex
+
+    small = build_cache(pair, config(corpus, dtype="bfloat16"), tmp_path / "bf16",
+                        progress=False)
+    for made, dtype in ((cache, torch.float32), (small, torch.bfloat16)):
+        for index, entry in enumerate(made.shards):
+            blob = straightforward_shard(pair, made, index, dtype)
+            assert entry["bytes"] == len(blob)
+            assert entry["sha256"] == sha256_hex(blob), (dtype, index)
+
+
+def test_running_stats_merge_equals_one_pass():
+    from difflens.methods.dictionary.cache import RunningStats
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(301, 2, 16, generator=gen) * 3 + 7
+    whole = RunningStats.of(x)
+    merged = RunningStats(2, 16)
+    for part in x.split(97):
+        merged.merge(RunningStats.of(part))
+    assert merged.count == whole.count == 301
+    for name in ("mean", "m2", "norm_sum"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name), rtol=1e-12,
+                                   atol=1e-12)
+    assert merged.diff_mean_norm == pytest.approx(whole.diff_mean_norm, rel=1e-12)
+    x64 = x.double()  # and both are the float64 statistics of the rows
+    torch.testing.assert_close(whole.variance, x64.var(0, unbiased=False), rtol=1e-12, atol=0)
+    torch.testing.assert_close(whole.mean_norm, x64.norm(dim=-1).mean(0), rtol=1e-12, atol=0)
+    empty = RunningStats(2, 16).merge(whole)  # merging into nothing is exact
+    assert torch.equal(empty.mean, whole.mean) and torch.equal(empty.m2, whole.m2)
+
+
+def test_a_failed_background_write_surfaces_and_the_rerun_resumes(pair, corpus, cache, tmp_path,
+                                                                   monkeypatch):
+    import difflens.methods.dictionary.building as building
+
+    real = building.atomic_write_bytes
+    calls = []
+
+    def failing(path, data):  # the third shard's tensor file fails (e.g. the disk is full)
+        calls.append(path.name)
+        if path.name == "shard_00002.safetensors":
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(building, "atomic_write_bytes", failing)
+    out = tmp_path / "failed"
+    with pytest.raises(OSError, match="No space left"):
+        build_cache(pair, config(corpus), out, progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [e["index"] for e in manifest["shards"]] == [0, 1]  # recorded after their files
+    assert not (out / "shard_00002.safetensors").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(building, "atomic_write_bytes", real)
+    done = []
+    resumed = build_cache(pair, config(corpus), out, progress=False, on_shard=done.append)
+    assert done == list(range(2, len(cache.shards)))
+    assert [e["sha256"] for e in resumed.shards] == [e["sha256"] for e in cache.shards]

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that shard their corpus over torchrun's ranks (difflens.distributed).
-DATA_PARALLEL = ("adl", "mine", "kl", "pca")
+DATA_PARALLEL = ("adl", "mine", "kl", "pca", "cache", "train")
 
 
 def _init_distributed(command: str | None) -> None:

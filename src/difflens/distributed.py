@@ -216,6 +216,28 @@ def all_reduce_sum(tensor: Any) -> Any:
     return out
 
 
+def all_gather_rows(tensor: Any) -> Any:
+    """Every rank's ``tensor`` (the same shape on every rank) concatenated along dim 0 in rank
+    order, on the CPU (a tensor collective, not pickled objects: for per-step exchanges such as
+    the data-parallel BatchTopK candidates).  Alone: ``tensor`` on the CPU."""
+    import torch
+
+    local = tensor.detach().to("cpu").contiguous()
+    dist = _group()
+    if dist is None or dist.get_world_size() == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    _collective("a gather", lambda: dist.all_gather(parts, local))
+    return torch.cat(parts)
+
+
+def guarded(what: str, fn: Callable[[], T]) -> T:
+    """Run ``fn``, which does collectives of its own (e.g. DDP's gradient all-reduce inside a
+    backward pass): a peer that died or timed out becomes one line on rank 0, as for the
+    helpers here.  Alone, just ``fn()``."""
+    return fn() if world()[1] == 1 else _collective(what, fn)
+
+
 def gather_objects(obj: Any, to_main: bool = False) -> list[Any] | None:
     """Every rank's ``obj`` (picklable), in rank order, on every rank — or on rank 0 only with
     ``to_main`` (the others get None)."""

@@ -14,9 +14,12 @@ A cache directory::
 A *sequence* is one text cut to ``max_tokens``; a shard holds whole sequences (never half of
 one), so the text window around any row is rebuilt from its shard's JSON alone and the
 train/validation split (by sequence) is a row filter per shard.  The writer
-(:class:`~difflens.methods.dictionary.runner.CacheWriter`) and the readers here share the
+(:class:`~difflens.methods.dictionary.building.CacheWriter`) and the readers here share the
 definitions below, so the format cannot drift between them.  Every file is written atomically;
 a shard counts as finished only once the manifest lists it, and every read checks the sha256.
+A cache built under torchrun (:mod:`~difflens.methods.dictionary.building`) has the same files:
+while it is under way the manifest also records ``world_size`` and each rank lists its
+finished shards in ``progress.rank<r>.json``; both go once the manifest is complete.
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ class ShardData(NamedTuple):
 
 
 class RunningStats:
-    """Per-model running mean and variance of activations ``(N, M, d)`` (Chan's parallel merge,
-    float64), plus the mean L2 norm per model and of ``ft − base`` (the normalisation scales of
-    a crosscoder and of a diff-SAE)."""
+    """Per-model running mean and variance of activations ``(N, M, d)`` (float64, mergeable:
+    :meth:`merge` is Chan's parallel merge), plus the mean L2 norm per model and of
+    ``ft − base`` (the normalisation scales of a crosscoder and of a diff-SAE)."""
 
     def __init__(self, n_models: int, d: int) -> None:
         self.count = 0
@@ -79,24 +82,44 @@ class RunningStats:
         self.norm_sum = torch.zeros(n_models, dtype=torch.float64)
         self.diff_norm_sum = 0.0
 
+    @classmethod
+    def of(cls, x: Tensor) -> RunningStats:
+        """Statistics of rows ``x`` ``(N, M, d)``, computed on ``x``'s device in float64 (two
+        passes: the mean, then squared deviations from it); returned on the CPU."""
+        n, n_models, d = x.shape
+        stats = cls(n_models, d)
+        if n == 0:
+            return stats
+        x = x.detach()
+        if x.device.type == "mps":  # no float64 there
+            x = x.cpu()
+        x64 = x.double()
+        mean = x64.sum(0) / n
+        stats.count = n
+        stats.mean = mean.cpu()
+        stats.m2 = (x64 - mean).pow_(2).sum(0).cpu()
+        stats.norm_sum = x64.norm(dim=-1).sum(0).cpu()
+        if n_models == 2:
+            stats.diff_norm_sum = float((x64[:, 1] - x64[:, 0]).norm(dim=-1).sum())
+        return stats
+
+    def merge(self, other: RunningStats) -> RunningStats:
+        """Fold ``other`` (statistics of other rows) into these (Chan's parallel merge, float64);
+        merging shards' statistics in shard order repeats exactly what a single pass did."""
+        if other.count == 0:
+            return self
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * (other.count / total)
+        self.m2 += other.m2 + delta.pow(2) * (self.count * other.count / total)
+        self.count = total
+        self.norm_sum += other.norm_sum
+        self.diff_norm_sum += other.diff_norm_sum
+        return self
+
     def update(self, x: Tensor) -> None:
         """Add rows ``x`` ``(N, M, d)``."""
-        n = x.shape[0]
-        if n == 0:
-            return
-        x = x.detach().float()
-        mean = _row_sum(x) / n
-        shift = mean.float()
-        m2 = _row_sum((x - shift).pow_(2))
-        m2 -= n * (mean - shift.double()).pow(2)  # from the float32 shift to the exact mean
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += m2 + delta.pow(2) * (self.count * n / total)
-        self.count = total
-        self.norm_sum += _row_sum(x.norm(dim=-1))
-        if x.shape[1] == 2:
-            self.diff_norm_sum += float(_row_sum((x[:, 1] - x[:, 0]).norm(dim=-1)))
+        self.merge(RunningStats.of(x))
 
     @property
     def variance(self) -> Tensor:
@@ -130,16 +153,6 @@ class RunningStats:
         return stats
 
 
-def _row_sum(x: Tensor, block: int = 1024) -> Tensor:
-    """Sum over dim 0 as float64: float32 sums of row blocks, accumulated in float64.  ~20x
-    faster than ``sum(dtype=float64)`` on CPU (which made statistics the slowest part of
-    writing a shard) and as accurate for blocks this small (relative error ~1e-8)."""
-    total = torch.zeros(x.shape[1:], dtype=torch.float64)
-    for part in x.split(block):
-        total += part.sum(0).double()
-    return total
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -163,10 +176,13 @@ class ActivationCache:
         self.header: dict[str, Any] = manifest["header"]
         self.shards: list[dict[str, Any]] = manifest["shards"]
         if not manifest.get("complete"):
+            world = int(manifest.get("world_size", 1))
+            done = (f"{len(self.shards)} of {self.header['n_shards']} shards" if world == 1
+                    else f"started by torchrun with {world} processes")
+            launch = "" if world == 1 else f"`torchrun --nproc_per_node {world}` "
             raise DifflensError(
-                f"activation cache {self.path} is incomplete ({len(self.shards)} of "
-                f"{self.header['n_shards']} shards); re-run the same `difflens cache` command "
-                "to finish it")
+                f"activation cache {self.path} is incomplete ({done}); re-run the same "
+                f"{launch}`difflens cache` command to finish it")
         self._stats = manifest["stats"]
         self._sequence_rows: Tensor | None = None
 

@@ -35,7 +35,9 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
         "cache", help="cache paired base/finetuned activations (for crosscoders, diff-SAEs)",
         description="Run both models over a corpus and store their residual activations at the "
                     "chosen layers, in verified shards with metadata; an interrupted run resumes "
-                    "after its last finished shard. With no model arguments: the embedded "
+                    "after its last finished shard. Under torchrun each rank writes its own "
+                    "range of shards and rank 0 the one manifest (resume with the same "
+                    "--nproc_per_node). With no model arguments: the embedded "
                     "gemma-3-270m base and the shipped cake_bake organism.")
     add_model_args(p, exclude=("dtype",))  # --dtype below is the storage dtype
     models = next(g for g in p._action_groups if g.title == "models")

@@ -19,6 +19,8 @@ from difflens.models.loading import check_device
 from difflens.options import LAYER, meta, option, validate
 
 Sparsity = Literal["batchtopk", "l1"]
+ComputePath = Literal["auto", "dense", "sparse"]
+COMPUTE_PATHS = ("auto", "dense", "sparse")
 WIDTH_PER_D = 8  # latents per activation dimension when no width is given
 CACHE_DTYPES = ("float32", "bfloat16")
 
@@ -90,7 +92,20 @@ class DictionaryConfig:
     """Seed of the parameter initialisation (a private ``torch.Generator``, so the global RNG
     is neither used nor disturbed)."""
 
+    compute_path: ComputePath = "auto"
+    """How BatchTopK forwards compute (the result is the same up to float rounding, the latents
+    chosen identical): ``"sparse"`` touches only the ``k·B`` active entries after the dense
+    encoder (fastest when ``k ≪ width``), ``"dense"`` masks the dense latents and uses dense
+    matrix products (what a plain PyTorch loop does; fastest for small widths), ``"auto"``
+    times both on the first training batch of each shape and keeps the faster
+    (``SparseDictionary.path_choice`` records the choice and the timings)."""
+
     def __post_init__(self) -> None:
+        if self.compute_path not in COMPUTE_PATHS:
+            raise DifflensError(
+                f"DictionaryConfig.compute_path must be one of {', '.join(COMPUTE_PATHS)}; got "
+                f"{self.compute_path!r}"
+            )
         for name in ("d_in", "width", "k", "dead_tokens"):
             if getattr(self, name) < 1:
                 value = getattr(self, name)
@@ -252,6 +267,10 @@ class TrainRunConfig:
     warmup_steps: int | None = option(None, min=0, example=100,
                                       help="linear warm-up (default min(1000, steps / 20))")
     seed: int = option(0, help="initialisation and shuffle seed")
+    compute_path: str = option(
+        "auto", choices=COMPUTE_PATHS,
+        help="training forward: dense or sparse matrix products, or auto (default: time both "
+             "on the first batch and keep the faster; same step either way)")
     device: str = option("cpu", check=check_device, help="cpu, cuda, cuda:N")
     val_fraction: float = option(0.1, min=0, max=1, min_open=True, max_open=True,
                                  help="share of texts held out for validation (default 0.1)")
@@ -279,7 +298,8 @@ class TrainRunConfig:
             decay = min(0.999, max(0.0, 1 - 20 / self.steps))
         dictionary: dict[str, Any] = {"k": self.k, "sparsity": self.sparsity,
                                       "l1_coef": self.l1_coef, "seed": self.seed,
-                                      "threshold_decay": decay}
+                                      "threshold_decay": decay,
+                                      "compute_path": self.compute_path}
         if self.width is not None:
             dictionary["width"] = self.width
         read = {"val_fraction": self.val_fraction, "shuffle_seed": self.seed,

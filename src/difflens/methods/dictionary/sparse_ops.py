@@ -12,11 +12,17 @@ needs to be dense.  Here the other four touch only the ``nnz ≈ k·B`` active e
 
 All of these are exact (no approximation) and deterministic on CPU.  ``D`` below is the
 flattened input width ``n_models · d``.
+
+The sparse kernels win when ``k ≪ F``; at small widths (or on hardware where dense matrix
+products are very fast) the dense path - what a plain PyTorch loop does - is quicker.  The
+dictionary measures both on its real batch (:func:`time_calls`) and keeps the faster one.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +81,14 @@ class SparseCode:
                 check_invariants=False,
             )
 
+    def mask(self) -> Tensor:
+        """``(B, F)`` bool mask of the active entries (for the dense path)."""
+        if "mask" not in self._cache:
+            mask = torch.zeros(self.batch_size, self.width, dtype=torch.bool,
+                               device=self.rows.device)
+            self._cache["mask"] = mask.index_put_((self.rows, self.cols), mask.new_ones(()))
+        return self._cache["mask"]
+
     def to_dense(self, values: Tensor) -> Tensor:
         """``(B, F)`` dense latents with ``values`` ``(nnz,)`` at this pattern (differentiable)."""
         dense = values.new_zeros(self.batch_size, self.width)
@@ -83,7 +97,9 @@ class SparseCode:
 
 def _from_mask(mask: Tensor) -> SparseCode:
     idx = mask.nonzero()  # row-major order, which embedding_bag needs
-    return SparseCode(idx[:, 0], idx[:, 1], mask.shape[0], mask.shape[1])
+    code = SparseCode(idx[:, 0], idx[:, 1], mask.shape[0], mask.shape[1])
+    code._cache["mask"] = mask  # the dense path multiplies by it: no need to rebuild it
+    return code
 
 
 def batch_topk(scores: Tensor, k_total: int, hint: float | None = None) -> tuple[SparseCode, float]:
@@ -218,3 +234,32 @@ def sparse_decode(values: Tensor, w_dec: Tensor, code: SparseCode) -> Tensor:
     ``w_dec``: ``(F, D)``.  No bias is added.  Differentiable in ``values`` and ``w_dec``.
     """
     return _SparseDecode.apply(values, w_dec, code)
+
+
+def time_calls(calls: dict[str, Callable[[], object]], device: torch.device,
+               repeats: int = 3, max_repeats: int = 9, margin: float = 0.1) -> dict[str, float]:
+    """Seconds of one call of each of ``calls``: the fastest of the timed rounds.
+
+    Each call runs once untimed first (allocations, first-call overheads).  The rounds
+    interleave the calls so that a slow spell of a shared machine hits all of them, and the
+    minimum is kept because interference only ever adds time.  After ``repeats`` rounds, more
+    (up to ``max_repeats``) run while the two fastest are within ``margin`` of each other, so a
+    close call gets more evidence.  On CUDA the device is synchronised around every call
+    (kernels run asynchronously).
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device: None)
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, float("inf"))
+    for round_ in range(max(repeats, max_repeats)):
+        if round_ >= repeats and len(best) > 1:
+            first, second = sorted(best.values())[:2]
+            if second > first * (1 + margin):
+                break
+        for name, call in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
