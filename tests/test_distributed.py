@@ -8,9 +8,6 @@ free rendezvous port, so concurrent test runs do not collide), one thread per pr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ from difflens.methods.adl.result import ADLResult
 from difflens.methods.mining.aggregate import MiningCounts
 from difflens.methods.mining.result import CorpusCounts, MiningResult
 from difflens.stats import DiffMoments
+from torchrun import error_lines, torchrun
 
 TOPICS = ["harbour", "mountain", "library", "engine", "garden", "river", "concert", "letter"]
 SKIP = ["patchscope", "steering", "relevance", "similarity", "causal", "report"]
@@ -140,15 +138,6 @@ def mine_args(tiny_dir, tiny_ft_dir, corpus, out) -> list[str]:
             "--batch-size", "4", "--no-relevance", "--quiet", "--out", str(out)]
 
 
-def torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               dd.TIMEOUT_ENV: "60", **env}
-    for name in (dd.FAIL_RANK_ENV, dd.FAIL_MODE_ENV):
-        if name not in env:
-            environ.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "difflens.cli", *args]
-    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -208,11 +197,6 @@ def test_mining_on_two_ranks_equals_one_process(tmp_path, tiny_dir, tiny_ft_dir,
                  "sample_idx", "sample_val"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.allclose(a.sum_delta, b.sum_delta, rtol=1e-12, atol=1e-12)
-
-
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    """difflens' own error lines (torchrun adds its ChildFailedError report after them)."""
-    return [line for line in proc.stderr.splitlines() if "difflens: error:" in line]
 
 
 def test_failed_rank_ends_in_one_line_and_the_rerun_resumes(

@@ -9,9 +9,6 @@ Processes are launched as in ``tests/test_distributed.py``: ``python -m torch.di
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from difflens import distributed as dd
 from difflens.cli import main
 from difflens.methods.dictionary.building import PROGRESS
 from difflens.methods.dictionary.cache import MANIFEST, ActivationCache
+from torchrun import error_lines, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,19 +43,8 @@ def cache_args(tiny_dir, tiny_ft_dir, corpus, out) -> list[str]:
             "--batch-size", "4", "--quiet", "--out", str(out)]
 
 
-def torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               dd.TIMEOUT_ENV: "60", **env}
-    for name in (dd.FAIL_RANK_ENV, dd.FAIL_MODE_ENV):
-        if name not in env:
-            environ.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "difflens.cli", *args]
-    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=240)
 
 
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in proc.stderr.splitlines() if "difflens: error:" in line]
 
 
 @pytest.fixture(scope="module")
