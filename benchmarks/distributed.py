@@ -17,6 +17,10 @@ intra-op threads, and two ranks each load their own copy of the models.  Usage::
     python benchmarks/distributed.py                 # 256 texts × k=5
     python benchmarks/distributed.py --n-texts 64    # a quick check
     python benchmarks/distributed.py --train --n-texts 64   # dictionary training, 1 vs 2 ranks
+
+``--train`` also trains with ``--data-split shards`` on 2 ranks and replays each rank's loader
+alone (no training) for the same steps under both splits: rows read from disk (and sha256-
+checked) and rows handed to the trainer per rank, and the loader's seconds per rank.
 """
 
 from __future__ import annotations
@@ -67,19 +71,51 @@ def compare(a: Path, b: Path) -> dict:
             ra.layer == rb.layer}
 
 
-def launch_train(cache: Path, out: Path, procs: int, steps: int, batch: int, width: int) -> dict:
+def launch_train(cache: Path, out: Path, procs: int, steps: int, batch: int, width: int,
+                 split: str = "stream") -> dict:
     """``difflens train crosscoder`` on ``procs`` torchrun ranks × 1 thread: wall seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(procs), "-m", "difflens.cli", "train", "crosscoder", "--cache", str(cache),
            "--width", str(width), "--k", "32", "--steps", str(steps), "--batch-size", str(batch),
-           "--checkpoint-every", "0", "--quiet", "--out", str(out)]
+           "--checkpoint-every", "0", "--data-split", split, "--quiet", "--out", str(out)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"training on {procs} process(es) failed:\n{proc.stderr[-3000:]}")
-    return {"procs": procs, "wall_s": round(wall, 2)}
+    return {"procs": procs, "split": split, "wall_s": round(wall, 2)}
+
+
+def loader_rows(cache_dir: Path, steps: int, batch: int, ranks: int) -> list[dict]:
+    """Each rank's cache reader replayed alone for ``steps`` steps under both data splits (the
+    train run's reader settings): rows of the shards it read (each read in full and
+    sha256-checked), rows it handed on, and its seconds."""
+    from difflens.methods.dictionary.cache import ActivationCache
+
+    rows = []
+    for split in ("stream", "shards"):
+        need = steps * (batch // ranks if split == "shards" else batch)  # rows a rank consumes
+        for rank in range(ranks):
+            cache = ActivationCache(cache_dir)
+            read = [0]
+            plain = cache.read_shard
+
+            def counted(index, layers=None, plain=plain, read=read, cache=cache):
+                read[0] += int(cache.shards[index]["rows"])
+                return plain(index, layers)
+
+            cache.read_shard = counted  # type: ignore[method-assign]
+            reader = cache.reader(None, "train", epochs=None, data_split=split, rank=rank,
+                                  world_size=ranks)
+            handed, start = 0, time.perf_counter()
+            for chunk in reader:
+                handed += chunk.shape[0]
+                if handed >= need:
+                    break
+            rows.append({"split": split, "rank": rank, "rows_read": read[0],
+                         "rows_consumed": need, "loader_s": round(time.perf_counter() - start, 3)})
+    return rows
 
 
 def train_rows(args: argparse.Namespace) -> None:
@@ -97,21 +133,29 @@ def train_rows(args: argparse.Namespace) -> None:
         root = Path(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
         subprocess.run([sys.executable, "-m", "difflens.cli", "cache", "--n-texts",
-                        str(args.n_texts), "--max-tokens", "64", "--quiet", "--out",
-                        str(root / "cache")], env=env, check=True)
+                        str(args.n_texts), "--max-tokens", "64", "--tokens-per-shard",
+                        str(args.train_shard_tokens), "--quiet", "--out", str(root / "cache")],
+                       env=env, check=True)
         sizes = (args.train_steps, args.train_batch, args.train_width)
         rows = [launch_train(root / "cache", root / "t1", 1, *sizes),
                 launch_train(root / "cache", root / "t2", 2, *sizes),
-                launch_train(root / "cache", root / "t1again", 1, *sizes)]
+                launch_train(root / "cache", root / "t1again", 1, *sizes),
+                launch_train(root / "cache", root / "t2shards", 2, *sizes, split="shards")]
         equal, noise = max_diff(root / "t2", root / "t1"), max_diff(root / "t1again", root / "t1")
+        loaders = loader_rows(root / "cache", args.train_steps, args.train_batch, 2)
     one = min(rows[0]["wall_s"], rows[2]["wall_s"])
     for row in rows:
-        print(f"train: {row['procs']} proc × 1 thread: wall {row['wall_s']:.1f} s")
-    print(f"train: 2 ranks vs 1 process: wall speedup {one / rows[1]['wall_s']:.2f}×; max |Δ "
-          f"weight| {equal:.3g} (1 process twice: {noise:.3g})")
-    print(json.dumps({"train": rows, "steps": args.train_steps, "batch_size": args.train_batch,
-                      "width": args.train_width, "max_abs_weight_diff_2v1": equal,
-                      "max_abs_weight_diff_1v1": noise}))
+        print(f"train: {row['procs']} proc × 1 thread, --data-split {row['split']}: wall "
+              f"{row['wall_s']:.1f} s")
+    print(f"train: 2 ranks vs 1 process: wall speedup {one / rows[1]['wall_s']:.2f}× (stream), "
+          f"{one / rows[3]['wall_s']:.2f}× (shards); max |Δ weight| stream vs 1 process "
+          f"{equal:.3g} (1 process twice: {noise:.3g})")
+    for row in loaders:
+        print(f"loader: --data-split {row['split']} rank {row['rank']}: read {row['rows_read']} "
+              f"rows, handed {row['rows_consumed']} to training, {row['loader_s']:.2f} s")
+    print(json.dumps({"train": rows, "loaders": loaders, "steps": args.train_steps,
+                      "batch_size": args.train_batch, "width": args.train_width,
+                      "max_abs_weight_diff_2v1": equal, "max_abs_weight_diff_1v1": noise}))
 
 
 def main() -> None:
@@ -130,6 +174,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--train-batch", type=int, default=1024)
     parser.add_argument("--train-width", type=int, default=4096)
+    parser.add_argument("--train-shard-tokens", type=int, default=1024,
+                        help="rows per cache shard (enough shards to split between 2 ranks)")
     args = parser.parse_args()
     if args.train:
         train_rows(args)

@@ -1,5 +1,7 @@
 """Dictionary training under torchrun (DDP over gloo): 2 ranks equal 1 process; a killed rank
 ends in one line and the rerun resumes; a checkpoint resumes at another number of ranks.
+``--data-split shards``: the ranks' readers read every train row once per epoch between them,
+a killed rank's rerun equals the uninterrupted 2-rank run, another number of ranks is one line.
 
 The cache is built in-process from tiny random-init llamas; the process tests spawn
 ``python -m torch.distributed.run --standalone --nproc_per_node 2`` like tests/test_distributed.py
@@ -10,9 +12,6 @@ candidates equals the single-batch selection.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,9 @@ import torch
 
 from difflens import distributed as dd
 from difflens.cli import main
+from difflens.errors import DifflensError
 from difflens.methods.dictionary import load_dictionary
+from difflens.methods.dictionary.cache import assign_shards
 from difflens.methods.dictionary.runner import TRAIN_LOG_FILE, CacheConfig, build_cache
 from difflens.methods.dictionary.sparse_ops import batch_topk
 from difflens.methods.dictionary.train import (
@@ -31,6 +32,7 @@ from difflens.methods.dictionary.train import (
     select_at,
 )
 from difflens.models.pair import ModelPair
+from torchrun import error_lines, torchrun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,19 +110,8 @@ def train_args(cache, out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def torchrun(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               dd.TIMEOUT_ENV: "60", **env}
-    for name in (dd.FAIL_RANK_ENV, dd.FAIL_MODE_ENV):
-        if name not in env:
-            environ.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "difflens.cli", *args]
-    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=240)
 
 
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in proc.stderr.splitlines() if "difflens: error:" in line]
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +199,121 @@ def test_batch_not_divisible_by_the_ranks_is_one_line(cache, tmp_path):
     assert proc.returncode != 0
     lines = error_lines(proc)
     assert len(lines) == 1 and "not a multiple of the 2 ranks" in lines[0], proc.stderr[-3000:]
+
+
+# -- --data-split shards -------------------------------------------------------------------------
+
+def test_assign_shards_gives_each_shard_with_rows_to_one_rank_balanced():
+    gen = torch.Generator().manual_seed(1)
+    for size in (2, 3, 5):
+        rows = torch.randint(0, 200, (23,), generator=gen).tolist()
+        rows[4] = rows[9] = 0  # shards without train rows (all validation)
+        order = torch.randperm(23, generator=gen).tolist()
+        mine = assign_shards(order, rows, size)
+        flat = [i for part in mine for i in part]
+        assert sorted(flat) == [i for i in range(23) if rows[i]]  # once each, empty ones nowhere
+        for part in mine:  # each rank keeps the seeded epoch order
+            assert part == [i for i in order if i in part]
+        loads = [sum(rows[i] for i in part) for part in mine]
+        assert max(loads) - min(loads) <= max(rows), (size, loads)
+    assert assign_shards([2, 0, 1], [5, 3, 9], 2) == [[2], [0, 1]]  # rank 0: 9, rank 1: 5 + 3
+
+
+def rows_of(reader) -> list[tuple[int, int]]:
+    return [(s, r) for chunk in reader for s, r in zip(chunk.shard.tolist(), chunk.row.tolist(),
+                                                       strict=True)]
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_shard_readers_read_every_train_row_once_per_epoch(cache, size):
+    kw = {"seed": 7, "buffer_rows": 64, "chunk_rows": 10, "with_index": True}
+    whole = rows_of(cache.reader(2, "train", **kw))
+    assert len(whole) == len(set(whole)) == cache.reader(2, "train").rows_per_epoch
+    for epoch in (0, 1):
+        seen, shards = [], []
+        for rank in range(size):
+            reader = cache.reader(2, "train", data_split="shards", rank=rank, world_size=size,
+                                  epochs=epoch + 1, **kw)
+            got = rows_of(reader(sum(reader.epoch_rows(e) for e in range(epoch))))
+            assert len(got) == reader.epoch_rows(epoch) > 0
+            mine = set(reader.epoch_shards(epoch)[0])
+            assert {s for s, _ in got} == mine  # only (and all of) its own shards
+            seen += got
+            shards.append(mine)
+        assert sorted(seen) == sorted(whole)  # every train row exactly once over the ranks
+        assert not set.intersection(*shards)
+    # One process: "shards" is the stream reader, row for row.
+    alone = cache.reader(2, "train", data_split="shards", rank=0, world_size=1, **kw)
+    assert rows_of(alone) == whole
+
+
+def test_shard_reader_resumes_at_any_row_of_its_own_stream(cache):
+    reader = cache.reader(2, "train", seed=3, buffer_rows=64, chunk_rows=10, epochs=None,
+                          data_split="shards", rank=1, world_size=2)
+    first = reader.epoch_rows(0)
+    want = []
+    for chunk in reader:
+        want.append(chunk)
+        if sum(c.shape[0] for c in want) > first + reader.epoch_rows(1) + 50:
+            break
+    want = torch.cat(want)
+    assert 0 < first < reader.rows_per_epoch  # its own share of the epoch
+    for start in (0, 7, first - 3, first, first + reader.epoch_rows(1) + 5):
+        got = []
+        for chunk in reader(start):
+            got.append(chunk)
+            if sum(c.shape[0] for c in got) >= 40:
+                break
+        assert torch.equal(torch.cat(got)[:40], want[start : start + 40]), start
+
+
+def test_more_ranks_than_shards_is_one_line(cache):
+    with pytest.raises(DifflensError, match="fewer than the 64 ranks; use --data-split stream"):
+        cache.reader(2, "train", data_split="shards", rank=0, world_size=64)
+
+
+@pytest.fixture(scope="module")
+def shards_run(cache, tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank ``--data-split shards`` run."""
+    out = tmp_path_factory.mktemp("train-shards") / "run"
+    proc = torchrun(train_args(cache, out, "--data-split", "shards"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_two_ranks_train_on_their_own_shards(cache, shards_run, single):
+    log = train_log(shards_run)
+    assert log["step"] == 12 and log["resumed_from"] is None
+    assert log["log"][-1]["fve"][0] > log["log"][0]["fve"][0]  # it learned
+    meta = json.loads(next((shards_run / "checkpoints").glob("*/trainer.json")).read_text())
+    assert meta["data_split"] == "shards" and meta["world_size"] == 2
+    recorded = json.loads((shards_run / "training.json").read_text())["read"]
+    assert recorded["data_split"] == "shards"
+    # Other global batches than the stream's: not the 1-process dictionary.
+    a = load_dictionary(shards_run / "dictionary").state_dict()
+    b = load_dictionary(single / "dictionary").state_dict()
+    assert not torch.allclose(a["W_dec"], b["W_dec"], rtol=1e-3, atol=1e-4)
+
+
+def test_shards_killed_rank_resumes_to_the_uninterrupted_run(cache, shards_run, tmp_path,
+                                                              capsys):
+    out = tmp_path / "run"
+    args = train_args(cache, out, "--data-split", "shards")
+    died = torchrun(args, **{dd.FAIL_RANK_ENV: "1", dd.FAIL_MODE_ENV: "exit"})
+    assert died.returncode != 0
+    lines = error_lines(died)
+    assert len(lines) == 1 and "rerun the same command" in lines[0], died.stderr[-3000:]
+    assert not (out / "dictionary").exists()
+    # The step-4 checkpoint of 2 ranks' own shards does not continue on 1 process: one line.
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "written by 2 rank(s) with --data-split shards" in err[0]
+    assert "`torchrun --nproc_per_node 2`" in err[0]
+    assert not (out / "dictionary").exists()
+    # ... nor with the other data split (training.json says so first).
+    assert main(train_args(cache, out)) == 2
+    assert "differs in: read" in capsys.readouterr().err
+    again = torchrun(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert train_log(out)["resumed_from"] == 4
+    assert_same_training(out, shards_run)

@@ -40,6 +40,7 @@ FORMAT = "difflens-activation-cache"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DATA_SPLITS = ("stream", "shards")  # how data-parallel ranks share a reader's rows
 
 
 def shard_files(index: int) -> tuple[str, str]:
@@ -323,34 +324,77 @@ class CacheReader:
     of ``buffer_rows`` rows: once it is full, each incoming shard's rows replace as many random
     buffered rows, which leave; the rest leaves, permuted, at the end of the epoch - so every
     row of the split comes out exactly once per epoch, and the order depends only on ``seed``
-    and the epoch.  Iterating
-    again replays the same stream.  Memory: ``buffer_rows`` plus one shard, in the storage
-    dtype; chunks are converted to ``dtype`` (float32) on the way out.
+    and the epoch.  Iterating again replays the same stream.  Memory: ``buffer_rows`` plus one
+    shard, in the storage dtype; chunks are converted to ``dtype`` (float32) on the way out.
 
     ``epochs=None`` repeats forever (training stops by step count).  ``shuffle=False`` reads
     shards and rows in cache order.  ``with_index=True`` yields :class:`IndexedChunk`.  The
     reader is also a callable ``reader(start_row)`` for the trainer's resume, which skips whole
     epochs without reading them.
+
+    ``data_split="shards"`` with ``world_size`` W > 1 (data-parallel training): this rank
+    reads only its shards of each epoch (:func:`assign_shards` of the seeded epoch order, the
+    same on every rank) through a buffer seeded by (seed, epoch, rank); over the W readers
+    every row of the split comes out once per epoch.  Rows and ``start_row`` then count this
+    rank's own stream, whose epochs differ in size by rank and epoch (:meth:`epoch_rows`).
+    With W = 1 it is the ``"stream"`` reader.
     """
 
     def __init__(self, cache: ActivationCache, layer: int, split: str = "train", *,
                  val_fraction: float = 0.1, split_seed: int = 0, shuffle: bool = True,
                  seed: int = 0, buffer_rows: int = 1 << 16, chunk_rows: int = 4096,
                  epochs: int | None = 1, with_index: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, data_split: str = "stream", rank: int = 0,
+                 world_size: int = 1) -> None:
         if buffer_rows < 0 or chunk_rows < 1:
             raise DifflensError("buffer_rows must be >= 0 and chunk_rows >= 1")
+        if data_split not in DATA_SPLITS or not 0 <= rank < world_size:
+            raise DifflensError(f"bad data split {data_split!r}, rank {rank} of {world_size}")
         self.cache, self.layer = cache, layer
         self.mask = cache.split_mask(split, val_fraction, split_seed)
         self.shuffle, self.seed, self.buffer_rows = shuffle, seed, buffer_rows
         self.chunk_rows, self.epochs, self.with_index, self.dtype = (
             chunk_rows, epochs, with_index, dtype)
         self.split = split
+        # (rank, W) when this rank reads its own shards; None: the whole stream (W = 1 too).
+        self.ranks = (rank, world_size) if data_split == "shards" and world_size > 1 else None
+        self._shard_rows: list[int] | None = None
+        if self.ranks is not None and (filled := sum(map(bool, self.shard_rows))) < world_size:
+            raise DifflensError(  # a rank without rows: every rank needs B / W rows a step
+                f"the {split} split of {cache.path} has rows in {filled} shard(s), fewer than "
+                f"the {world_size} ranks; use --data-split stream or smaller --tokens-per-shard")
 
     @property
     def rows_per_epoch(self) -> int:
         """Rows of the split (one epoch)."""
         return int(self.cache.sequence_rows()[self.mask].sum())
+
+    @property
+    def shard_rows(self) -> list[int]:
+        """Rows of the split in each shard (from the shards' JSON, not their tensors)."""
+        if self._shard_rows is None:
+            mask = self.mask.tolist()
+            self._shard_rows = [sum(s.end - s.start for s in self.cache.sequences(i)
+                                    if mask[s.seq]) for i in range(len(self.cache.shards))]
+        return self._shard_rows
+
+    def epoch_shards(self, epoch: int) -> tuple[list[int], torch.Generator]:
+        """The shards this reader reads in ``epoch``, in reading order, and the generator of
+        its shuffle buffer (for ``"stream"`` the one that drew the order, continued)."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.cache.shards)
+        order = torch.randperm(n, generator=gen).tolist() if self.shuffle else list(range(n))
+        if self.ranks is None:
+            return order, gen
+        rank, size = self.ranks  # each rank's buffer draws from its own seed (seed, epoch, rank)
+        return assign_shards(order, self.shard_rows, size)[rank], torch.Generator().manual_seed(
+            ((self.seed * 1_000_003 + epoch) * 1_000_033 + rank) % (1 << 63))
+
+    def epoch_rows(self, epoch: int) -> int:
+        """Rows this reader yields in ``epoch`` (all of the split unless it reads shards)."""
+        if self.ranks is None:
+            return self.rows_per_epoch
+        return sum(self.shard_rows[i] for i in self.epoch_shards(epoch)[0])
 
     def __iter__(self) -> Iterator[Any]:
         return self(0)
@@ -361,7 +405,9 @@ class CacheReader:
         if per_epoch == 0:
             raise DifflensError(f"the {self.split} split of {self.cache.path} is empty; use a "
                                 "larger cache or another validation fraction")
-        epoch, skip = divmod(start_row, per_epoch)
+        epoch, skip = divmod(start_row, per_epoch) if self.ranks is None else (0, start_row)
+        while self.ranks is not None and skip >= (rows := self.epoch_rows(epoch)):
+            epoch, skip = epoch + 1, skip - rows  # this rank's epochs differ in size
         while self.epochs is None or epoch < self.epochs:
             for chunk in self._epoch(epoch):
                 n = chunk[0].shape[0]
@@ -374,11 +420,9 @@ class CacheReader:
             epoch += 1
 
     def _epoch(self, epoch: int) -> Iterator[list[Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n_shards = len(self.cache.shards)
-        order = torch.randperm(n_shards, generator=gen) if self.shuffle else range(n_shards)
+        order, gen = self.epoch_shards(epoch)
         buffer: list[Tensor] | None = None
-        for index, data in self._prefetched([int(i) for i in order]):
+        for index, data in self._prefetched(order):
             take = self.mask[data.seq]
             keep = take.nonzero().squeeze(1)
             acts = data.acts[self.layer]
@@ -424,6 +468,20 @@ class CacheReader:
                 if i + 1 < len(order):
                     pending = pool.submit(self.cache.read_shard, order[i + 1], [self.layer])
                 yield index, data
+
+
+def assign_shards(order: list[int], rows: list[int], size: int) -> list[list[int]]:
+    """Shards of one epoch per rank, balanced by rows: in ``order`` (the seeded epoch order),
+    each shard holding rows of the split goes to the rank with the fewest rows so far (the
+    lowest rank on a tie), so the ranks' rows differ by at most one shard's; shards without
+    rows go nowhere.  ``rows``: split rows per shard.  Each rank keeps the epoch order."""
+    loads, mine = [0] * size, [[] for _ in range(size)]
+    for index in order:
+        if rows[index]:
+            rank = loads.index(min(loads))
+            loads[rank] += rows[index]
+            mine[rank].append(index)
+    return mine
 
 
 def _split_rows(tensors: list[Tensor], rows: int) -> Iterator[list[Tensor]]:

@@ -275,6 +275,12 @@ class TrainRunConfig:
     val_fraction: float = option(0.1, min=0, max=1, min_open=True, max_open=True,
                                  help="share of texts held out for validation (default 0.1)")
     buffer_rows: int = option(1 << 16, min=1, help="shuffle buffer in tokens (default 65536)")
+    data_split: str = option(
+        "stream", choices=("stream", "shards"),
+        help="under torchrun: every rank reads the whole shuffled stream and keeps its share "
+             "of each batch (stream: equals 1 process, resumes at any number of ranks), or "
+             "reads only its own shards (shards: 1/N of the reading; resumes only with the "
+             "same number of ranks); alone both are the same")
     checkpoint_every: int = option(1000, min=0, help="checkpoint every this many steps (0: "
                                                      "only at the end)")
     out: str = option(None, required=True, path="out_dir", help="output directory")
@@ -303,7 +309,7 @@ class TrainRunConfig:
         if self.width is not None:
             dictionary["width"] = self.width
         read = {"val_fraction": self.val_fraction, "shuffle_seed": self.seed,
-                "buffer_rows": self.buffer_rows}
+                "buffer_rows": self.buffer_rows, "data_split": self.data_split}
         return dictionary, train, read
 
 

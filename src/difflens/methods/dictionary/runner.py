@@ -29,7 +29,7 @@ from difflens.methods.dictionary.building import build_cache as build_cache
 from difflens.methods.dictionary.building import plan_shards as plan_shards
 from difflens.methods.dictionary.building import shard_rows as shard_rows
 from difflens.methods.dictionary.building import tokenize_corpus as tokenize_corpus
-from difflens.methods.dictionary.cache import ActivationCache, check_cache_matches
+from difflens.methods.dictionary.cache import ActivationCache, CacheReader, check_cache_matches
 from difflens.methods.dictionary.config import CacheConfig as CacheConfig
 from difflens.methods.dictionary.config import (
     DictionaryConfig,
@@ -55,6 +55,9 @@ class ReadConfig:
     shuffle_seed: int = 0  # seed of the shard order and the shuffle buffer
     buffer_rows: int = 1 << 16  # shuffle buffer size in rows
     chunk_rows: int = 4096  # rows per chunk handed to the trainer
+    # Under torchrun: "stream" (every rank reads everything, keeps its share of each batch) or
+    # "shards" (every rank reads its own shards); the same when alone.
+    data_split: str = "stream"
 
 
 # Settings that may change between an interrupted run and its resumption.
@@ -75,8 +78,10 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
     called again with the same arguments.
 
     Under torchrun with several ranks the training is data parallel
-    (:mod:`~difflens.methods.dictionary.train`): every rank reads the same shuffled stream and
-    trains on its share of each batch; rank 0 alone writes, the others raise
+    (:mod:`~difflens.methods.dictionary.train`): with ``read.data_split == "stream"`` every
+    rank reads the same shuffled stream and trains on its share of each batch; with
+    ``"shards"`` each rank reads only its own shards (:func:`~.cache.assign_shards`) and trains
+    on ``B / N`` rows of them per step.  Rank 0 alone writes, the others raise
     :class:`~difflens.distributed.WorkerDone` once the last step is done.
     """
     from difflens import distributed as dd
@@ -87,12 +92,9 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
     read = read or ReadConfig()
     # Every rank builds the same model; rank 0 alone checks and records the settings, and a
     # failure anywhere is one line on rank 0 (run_shard).
-    model, cache, layer = dd.run_shard("the training setup", lambda: _training_setup(
+    model, reader = dd.run_shard("the training setup", lambda: _training_setup(
         kind, cache_dir, out, dictionary, train, read, layer, base, finetuned))
-    reader = cache.reader(layer, "train", val_fraction=read.val_fraction,
-                          split_seed=read.split_seed, seed=read.shuffle_seed,
-                          buffer_rows=read.buffer_rows, chunk_rows=read.chunk_rows, epochs=None)
-    result = Trainer(model, train, out).fit(reader)
+    result = Trainer(model, train, out, data_split=read.data_split).fit(reader)
     if not dd.is_main():
         raise dd.WorkerDone()  # rank 0 writes the dictionary and the log
     dd.end_collectives()
@@ -103,9 +105,9 @@ def train_on_cache(kind: str, cache_dir: str | Path, out: str | Path, *,
 def _training_setup(kind: str, cache_dir: str | Path, out: str | Path,
                     dictionary: dict[str, Any], train: TrainConfig, read: ReadConfig,
                     layer: int | float | None, base: str | None, finetuned: str | None
-                    ) -> tuple[Any, ActivationCache, int]:
-    """The dictionary initialised from the cache's statistics, the cache and its layer; on rank
-    0 the run's settings checked against (or recorded in) ``out``."""
+                    ) -> tuple[Any, CacheReader]:
+    """The dictionary initialised from the cache's statistics and this rank's reader of the
+    train split; on rank 0 the run's settings checked against (or recorded in) ``out``."""
     from difflens import distributed as dd
     from difflens.methods.dictionary.crosscoder import Crosscoder, DiffSAE
 
@@ -126,9 +128,17 @@ def _training_setup(kind: str, cache_dir: str | Path, out: str | Path,
     with torch.no_grad():  # start the decoder bias at the data mean: no steps spent finding it
         mean = stats.mean.float() if kind == "crosscoder" else (stats.mean[1] - stats.mean[0])
         model.b_dec.copy_(mean.float().reshape(model.b_dec.shape) * scale[:, None])
+    rank, world_size = dd.world()
+    reader = cache.reader(layer, "train", val_fraction=read.val_fraction,
+                          split_seed=read.split_seed, seed=read.shuffle_seed,
+                          buffer_rows=read.buffer_rows, chunk_rows=read.chunk_rows, epochs=None,
+                          data_split=read.data_split, rank=rank, world_size=world_size)
     train_dict = {k: v for k, v in train.to_dict().items() if k not in _NOT_IDENTITY}
+    read_dict = asdict(read)
+    if read.data_split == "stream":  # the default is not recorded: older runs still resume
+        del read_dict["data_split"]
     record = {"kind": kind, "cache": str(cache.path.resolve()), "layer": layer,
-              "models": cache.models, "read": asdict(read),
+              "models": cache.models, "read": read_dict,
               # how the step is computed, not what it computes (dense = sparse up to rounding)
               "dictionary": {k: v for k, v in config.to_dict().items() if k != "compute_path"},
               "train": train_dict}
@@ -139,7 +149,7 @@ def _training_setup(kind: str, cache_dir: str | Path, out: str | Path,
             check_same_settings(out, old, record, "another training run")
         else:
             write_json(out / TRAINING_FILE, record)
-    return model, cache, layer
+    return model, reader
 
 
 # ---- readouts that run the models ---------------------------------------------------------

@@ -102,6 +102,22 @@ def _from_mask(mask: Tensor) -> SparseCode:
     return code
 
 
+def largest(scores: Tensor, count: int, hint: float | None = None) -> Tensor:
+    """The ``min(count, numel)`` largest entries of ``scores`` (any shape), unordered.
+
+    ``hint`` is a guess of the smallest of them (e.g. the previous batch's cutoff): when at
+    least ``count`` entries reach ``0.8 · hint`` only those are searched — several times faster
+    on a ``B × F`` score matrix; the result does not depend on it."""
+    flat = scores.reshape(-1)
+    count = min(int(count), flat.numel())
+    candidates = flat
+    if hint is not None and hint > 0:
+        subset = flat[flat >= 0.8 * hint]
+        if subset.numel() >= count:
+            candidates = subset
+    return torch.topk(candidates, count, sorted=False).values
+
+
 def batch_topk(scores: Tensor, k_total: int, hint: float | None = None) -> tuple[SparseCode, float]:
     """Keep the ``k_total`` largest positive entries of ``scores`` ``(B, F)`` over the whole batch.
 
@@ -113,14 +129,9 @@ def batch_topk(scores: Tensor, k_total: int, hint: float | None = None) -> tuple
     """
     flat = scores.reshape(-1)
     k_total = min(int(k_total), flat.numel())
-    candidates = flat
-    if hint is not None and hint > 0:
-        subset = flat[flat >= 0.8 * hint]
-        if subset.numel() >= k_total:
-            candidates = subset
     if k_total <= 0:
         return _from_mask(torch.zeros_like(scores, dtype=torch.bool)), 0.0
-    cutoff = float(torch.topk(candidates, k_total, sorted=False).values.min())
+    cutoff = float(largest(scores, k_total, hint).min())
     mask = scores >= cutoff if cutoff > 0 else scores > 0
     if cutoff <= 0:  # fewer positive scores than k_total: keep all positive ones
         positive = flat[flat > 0]

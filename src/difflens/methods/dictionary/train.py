@@ -22,6 +22,13 @@ dead-latent counters and θ, the normaliser fit; logged values are those of the 
 So a run on N ranks equals the 1-process run up to float32 rounding (matrix products over
 fewer rows, gradients summed in two parts), and a checkpoint resumes at any number of ranks.
 Rank 0 alone writes checkpoints and the dictionary.
+
+``data_split="shards"`` (opt-in): ``data`` is instead this rank's *own* stream (e.g. a
+:class:`~.cache.CacheReader` over its shards) and every step takes its next ``B / N`` rows, so
+after ``s`` steps each rank has consumed exactly ``s · B / N`` rows of its stream - the resume
+position.  The batch-level choices stay global as above; the global batches are no longer the
+1-process ones, so checkpoints record the split and ``N`` and resume only at the same ``N``.
+Alone (``N = 1``) both splits are the same.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from difflens.methods.dictionary.config import TrainConfig
 from difflens.methods.dictionary.dictionary import SparseDictionary
 from difflens.methods.dictionary.metrics import fve
 from difflens.methods.dictionary.normalize import NormStats
-from difflens.methods.dictionary.sparse_ops import SparseCode
+from difflens.methods.dictionary.sparse_ops import SparseCode, largest
 from difflens.models.device import is_gpu
 
 Data = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
@@ -125,14 +132,7 @@ def local_candidates(scores: Tensor, k_global: int, hint: float | None = None) -
     candidates of all ranks contain the global top.  ``hint`` (a guess of the cutoff) narrows
     the search as in :func:`~.sparse_ops.batch_topk` when enough entries reach ``0.8 · hint``;
     the result does not depend on it.  The size is the same on every rank (equal shares)."""
-    flat = scores.reshape(-1)
-    count = min(int(k_global), flat.numel())
-    candidates = flat
-    if hint is not None and hint > 0:
-        subset = flat[flat >= 0.8 * hint]
-        if subset.numel() >= count:
-            candidates = subset
-    return torch.topk(candidates, count, sorted=False).values
+    return largest(scores, k_global, hint)
 
 
 def global_cutoff(candidates: Tensor, k_global: int) -> float:
@@ -211,14 +211,20 @@ class Trainer:
     ``out_dir``: where checkpoints (``out_dir/checkpoints``) and the final dictionary
     (``out_dir/dictionary``) go; ``None`` trains in memory without checkpoints.  Under torchrun
     with several ranks the training is data parallel (module docstring); only rank 0 writes.
+    ``data_split``: ``"stream"`` (every rank gets the global stream) or ``"shards"`` (every
+    rank gets its own; module docstring).
     """
 
     def __init__(
-        self, dictionary: SparseDictionary, config: TrainConfig, out_dir: str | Path | None = None
+        self, dictionary: SparseDictionary, config: TrainConfig, out_dir: str | Path | None = None,
+        data_split: str = "stream",
     ) -> None:
         if is_gpu(config.device) and not torch.cuda.is_available():
             raise DifflensError("TrainConfig.device is 'cuda' but no GPU is visible; use 'cpu'")
         self.rank, self.world_size = dd.world()
+        if data_split not in ("stream", "shards"):
+            raise DifflensError(f"unknown data split {data_split!r}; use stream or shards")
+        self.data_split = data_split
         if config.batch_size % self.world_size:
             raise _refuse(f"the batch size {config.batch_size} is not a multiple of the "
                           f"{self.world_size} ranks: every rank trains on an equal share of each "
@@ -248,6 +254,7 @@ class Trainer:
         if path is None:
             return None
         meta = load_checkpoint(path, self.dictionary, self.optimizer)
+        self._check_resume(path, meta.get("data_split", "stream"), int(meta.get("world_size", 1)))
         self.step = int(meta["step"])
         self.log = list(meta.get("log", []))
         # The dense/sparse choices measured before: a resumed run takes the same paths, so it
@@ -255,12 +262,28 @@ class Trainer:
         self.dictionary.path_choice.update(meta.get("path_choice") or {})
         return self.step
 
+    def _check_resume(self, path: Path, split: str, world_size: int) -> None:
+        """One line unless the checkpoint's data split and ranks continue this run's stream:
+        "stream" at any number of ranks; "shards" only at its own (each rank's position is
+        in its own shards, which depend on the number of ranks)."""
+        if split != self.data_split:
+            raise _refuse(f"the checkpoint {path} was written with --data-split {split}; rerun "
+                          f"with --data-split {split}, or train into a new --out directory")
+        if split == "shards" and world_size != self.world_size:
+            launch = ("without torchrun" if world_size == 1
+                      else f"under `torchrun --nproc_per_node {world_size}`")
+            raise _refuse(f"the checkpoint {path} was written by {world_size} rank(s) with "
+                          f"--data-split shards, which resumes only on as many ranks, not "
+                          f"{self.world_size}; rerun {launch}, or train into a new --out "
+                          "directory")
+
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (no-op without ``out_dir`` or off rank 0)."""
         if self.checkpoint_root is None or not dd.is_main():
             return None
         extra = {"train_config": self.config.to_dict(), "log": self.log,
-                 "path_choice": self.dictionary.path_choice}
+                 "path_choice": self.dictionary.path_choice, "data_split": self.data_split,
+                 "world_size": self.world_size}
         return save_checkpoint(
             self.checkpoint_root, self.step, self.dictionary, self.optimizer, extra,
             self.config.keep_checkpoints,
@@ -318,19 +341,25 @@ class Trainer:
         resumed = self.resume() if resume else None
         if self.step >= cfg.steps:  # finished before: nothing to read
             return TrainResult(self.step, resumed, self.log, dict(self.dictionary.path_choice))
-        start_row = self.step * cfg.batch_size
+        # "shards": the data is this rank's own stream, B / N rows of it a step; "stream": the
+        # global stream, of which this rank keeps its contiguous share of every global batch.
+        own = self.data_split == "shards"
+        rows = cfg.batch_size // self.world_size if own else cfg.batch_size
+        start_row = self.step * rows
         chunks = data(start_row) if callable(data) else data
-        batches = rebatch(chunks, cfg.batch_size, 0 if callable(data) else start_row)
-        if self.parallel:  # this rank's contiguous share of every global batch
-            lo, hi = dd.shard_range(cfg.batch_size, self.rank, self.world_size)
-            batches = (batch[lo:hi] for batch in batches)
+        batches = rebatch(chunks, rows, 0 if callable(data) else start_row)
+        if self.parallel:
+            if not own:
+                lo, hi = dd.shard_range(cfg.batch_size, self.rank, self.world_size)
+                batches = (batch[lo:hi] for batch in batches)
             self._start_parallel()
         try:
             self._loop(batches)
         except Exception as exc:
             if self.parallel and not dd.is_main():
-                # Rank 0 reports: the same error (every rank reads the same data) or, for one
-                # of this rank alone, "another rank stopped responding" once this one leaves.
+                # Rank 0 reports: the same error (with "stream" every rank reads the same data)
+                # or, for one of this rank alone (a corrupt shard of its own with "shards"),
+                # "another rank stopped responding" once this one leaves.
                 log.debug("rank %d failed at step %d", self.rank, self.step, exc_info=True)
                 if not isinstance(exc, DifflensError):
                     log.warning("rank %d failed at step %d: %s", self.rank, self.step,
