@@ -8,12 +8,11 @@ before any model loads.  Defaults derived at run time are resolved by :func:`res
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from difflens.data.corpus import check_corpus_source
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
-from difflens.options import LAYER, meta, option, validate
+from difflens import pair_options
+from difflens.options import LAYER, meta, option
 
 # The readout layer is chosen per run from the data (layer_choice.py); it was a fixed depth per
 # model family (0.75 for Gemma 3) until defaults version 4.
@@ -24,20 +23,16 @@ DEFAULTS_VERSION = 4
 STAGES = ("patchscope", "steering", "relevance", "similarity", "causal", "report")
 LLM_STAGES = STAGES[:3]  # the stages that grade with the LLM when an endpoint is configured
 LLM_FIELDS = ("llm_base_url", "llm_model", "llm_api_key_env")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = pair_options.MODEL_DTYPES
 
 
 @dataclass
-class ADLConfig:
+class ADLConfig(pair_options.RunConfig):
     """Everything that determines an ADL run's results (hashed to name/reuse its run dir)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source; None = the shipped organism")
-    corpus: str = option("reference", check=check_corpus_source,
-                         help="unrelated text: 'reference' (shipped), .txt/.jsonl/.parquet, "
-                              "hf:NAME")
+    base: str | None = pair_options.base_model()
+    finetuned: str | None = pair_options.finetuned_model()
+    corpus: str = pair_options.corpus("unrelated text")
     n_texts: int | None = option(None, min=1, example=2000,
                                  help="texts to read (default 10,000 on GPU, 2,000 on CPU)")
     k: int = option(5, min=1, help="first positions read per text (default 5)")
@@ -50,8 +45,8 @@ class ADLConfig:
     batch_size: int = option(
         256, min=1, help="texts per forward")  # k tokens each: large batches amortise dispatch
     top: int = option(100, min=1, cli=False, help="tokens kept per readout (20 shown)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
+    device: str = pair_options.device()
+    dtype: str = pair_options.model_dtype()
     seed: int = option(0, cli=False, help="seed of sampling and baselines")
     ft_docs: str | None = option(
         None, path="file", help="finetune documents for similarity / causal / relevance "
@@ -82,13 +77,6 @@ class ADLConfig:
     # Bumped whenever a default derived at run time changes (e.g. the CPU steering search), so
     # run directories made under older defaults are not reused as if they were current.
     defaults_version: int = field(default=DEFAULTS_VERSION)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """One-line errors for every value that cannot work, before any model loads."""
-        validate(self)
 
     def uses_llm(self) -> bool:
         """An endpoint is configured and some enabled stage grades with it."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
+from difflens import pair_options
 from difflens.options import meta, option, validate
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = pair_options.MODEL_DTYPES
 #: Neutral chat prompts shipped with difflens (data/assets/chat_prompts.jsonl).
 SHIPPED_PROMPTS = 40
 GPU_BATCH_SIZE = 128
@@ -31,15 +31,13 @@ def _check_factor(value: Any) -> None:
 
 
 @dataclass
-class AmplifyConfig:
+class AmplifyConfig(pair_options.RunConfig):
     """Everything that determines an amplification run's results (hashed to name its run dir).
 
     The fields are also the ``difflens amplify`` flags (:mod:`difflens.options`)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source; None = the shipped organism")
+    base: str | None = pair_options.base_model()
+    finetuned: str | None = pair_options.finetuned_model()
     alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0], metadata=meta(
         type=float, nargs="+", min=-1, max=100, check=_check_alpha, example="0 1 2 4",
         help="strengths α sampled from softmax(z_ft + α(z_ft − z_base)); 0 = the plain "
@@ -78,15 +76,12 @@ class AmplifyConfig:
     n_boot: int = option(1000, min=1, help="bootstrap resamples per interval (default 1000)")
     batch_size: int | None = option(None, min=1, example=32,
                                     help="rows per decode loop (default 128 on GPU, 32 on CPU)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
+    device: str = pair_options.device()
+    dtype: str = pair_options.model_dtype()
     llm_base_url: str | None = option(None, cli=False, help="OpenAI-compatible grader endpoint")
     llm_model: str | None = option(None, cli=False, help="grader model name at that endpoint")
     llm_api_key_env: str = option("OPENAI_API_KEY", cli=False,
                                   help="environment variable holding the grader's API key")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def identity(self) -> dict[str, Any]:
         """What names and reuses the run directory: every field but the batch size, which

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-from difflens.data.corpus import check_corpus_source
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
-from difflens.options import LAYER, meta, option, validate
+from difflens import pair_options
+from difflens.options import LAYER, meta, option
 
 DIVERGENCES = ("forward", "reverse", "symmetric")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = pair_options.MODEL_DTYPES
 
 # Texts read when ``n_texts`` is not given.  On a GPU: Diff Mining's 8,192 texts × 64 tokens.
 # On a CPU every position costs two decoder passes and two sweeps of the 262k-row head per
@@ -25,18 +23,16 @@ MAX_TOP_CONTEXTS = 10_000  # the stores hold N windows of ids and values: keep t
 
 
 @dataclass
-class KLConfig:
+class KLConfig(pair_options.RunConfig):
     """Everything that determines a per-token KL run's results (hashed to name its run dir).
 
     The fields are also the ``difflens kl`` flags (:mod:`difflens.options`)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source; None = the shipped organism")
-    corpus: str = option("reference", check=check_corpus_source,
-                         help="text read by both models: 'reference' (shipped), .txt/.jsonl "
-                              "(text or chat 'messages' records)/.parquet, hf:NAME")
+    base: str | None = pair_options.base_model()
+    finetuned: str | None = pair_options.finetuned_model()
+    corpus: str = pair_options.corpus(
+        "text read by both models", "'reference' (shipped), .txt/.jsonl (text or chat "
+        "'messages' records)/.parquet, hf:NAME")
     n_texts: int | None = option(None, min=1, example=64,
                                  help="texts to read (default 8,192 on GPU, 64 on CPU)")
     max_tokens: int = option(64, min=1, help="tokens per text, BOS included (default 64)")
@@ -65,19 +61,8 @@ class KLConfig:
                             help="first tokens per text read to choose the readout layer")
     batch_size: int | None = option(None, min=1, example=8,
                                     help="texts per forward (default 32 on GPU, 8 on CPU)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def identity(self) -> dict[str, Any]:
-        """What names and reuses the run directory (every field)."""
-        return self.to_dict()
-
-    def validate(self) -> None:
-        """One-line errors for values that cannot work, before anything is loaded or written."""
-        validate(self)
+    device: str = pair_options.device()
+    dtype: str = pair_options.model_dtype()
 
 
 def resolve_defaults(config: KLConfig, gpu: bool) -> KLConfig:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-from difflens.data.corpus import check_corpus_source
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
-from difflens.options import LAYER, option, validate
+from difflens import pair_options
+from difflens.options import LAYER, option
 
 LENSES = ("raw", "logit-lens")
 NMF_VALUES = ("relu", "binary")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = pair_options.MODEL_DTYPES
 
 # Texts read when ``n_texts`` is not given.  On a GPU: the seed paper's 8,192 texts × 64 tokens.
 # On a CPU every position costs two decoder passes plus a 262k-row head matmul (~30 positions/s
@@ -30,18 +28,14 @@ DEFAULT_LENS_DEPTH = 0.75
 
 
 @dataclass
-class MiningConfig:
+class MiningConfig(pair_options.RunConfig):
     """Everything that determines a Diff Mining run's results (hashed to name its run dir).
 
     The fields are also the ``difflens mine`` flags (:mod:`difflens.options`)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source; None = the shipped organism")
-    corpus: str = option("reference", check=check_corpus_source,
-                         help="reference text: 'reference' (shipped), .txt/.jsonl/.parquet, "
-                              "hf:NAME")
+    base: str | None = pair_options.base_model()
+    finetuned: str | None = pair_options.finetuned_model()
+    corpus: str = pair_options.corpus("reference text")
     n_texts: int | None = option(None, min=1, example=256,
                                  help="texts to read (default 8,192 on GPU, 256 on CPU)")
     max_tokens: int = option(64, min=1, help="tokens per text (default 64)")  # BOS included
@@ -67,20 +61,9 @@ class MiningConfig:
     n_examples: int = option(3, min=0, cli=False, help="example contexts per top token")
     batch_size: int | None = option(None, min=1, example=8,
                                     help="texts per forward (default 32 on GPU, 8 on CPU)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
+    device: str = pair_options.device()
+    dtype: str = pair_options.model_dtype()
     seed: int = option(0, cli=False, help="NMF initialisation")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def identity(self) -> dict[str, Any]:
-        """What names and reuses the run directory (every field)."""
-        return self.to_dict()
-
-    def validate(self) -> None:
-        """One-line errors for values that cannot work, before anything is loaded or written."""
-        validate(self)
 
 
 def resolve_defaults(config: MiningConfig, gpu: bool) -> MiningConfig:

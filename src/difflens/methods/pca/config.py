@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from difflens.data.corpus import check_corpus_source
+from difflens import pair_options
 from difflens.errors import DifflensError
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
 from difflens.options import LAYER, meta, option, validate
 
 STAGES = ("patchscope", "contexts", "steering", "report")
 LLM_FIELDS = ("llm_base_url", "llm_model", "llm_api_key_env")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = pair_options.MODEL_DTYPES
 MAX_CONTEXTS = 1000  # top contexts kept per component and sign (bounded store)
 
 # Texts read when ``n_texts`` is not given.  Every position of every text is a row of the
@@ -25,16 +24,12 @@ CPU_BATCH_SIZE = 8
 
 
 @dataclass
-class PCAConfig:
+class PCAConfig(pair_options.RunConfig):
     """Everything that determines a PCA run's results (hashed to name / reuse its run dir)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source; None = the shipped organism")
-    corpus: str = option("reference", check=check_corpus_source,
-                         help="unrelated text: 'reference' (shipped), .txt/.jsonl/.parquet, "
-                              "hf:NAME")
+    base: str | None = pair_options.base_model()
+    finetuned: str | None = pair_options.finetuned_model()
+    corpus: str = pair_options.corpus("unrelated text")
     n_texts: int | None = option(None, min=1, example=256,
                                  help="texts to read (default 8,192 on GPU, 256 on CPU)")
     max_tokens: int = option(64, min=2, help="tokens per text, BOS included (default 64)")
@@ -62,8 +57,8 @@ class PCAConfig:
     max_new_tokens: int | None = option(
         None, min=1, example=32, help="tokens per generated sample (default 32 on CPU, 64 on "
                                       "GPU)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-    dtype: str = option("float32", cli=False, choices=DTYPES, help="dtype the models run in")
+    device: str = pair_options.device()
+    dtype: str = pair_options.model_dtype()
     seed: int = option(0, cli=False, help="seed of sampling")
     # The grader endpoint (flags shared with other commands: cli_args.add_llm_args).
     llm_base_url: str | None = option(None, cli=False, help="OpenAI-compatible grader endpoint")
@@ -72,9 +67,6 @@ class PCAConfig:
                                   help="NAME of the env variable holding the key")
     skip: list[str] = field(default_factory=list, metadata=meta(
         nargs="*", choices=STAGES, help="stages to skip: " + " ".join(STAGES)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def validate(self) -> None:
         """One-line errors for values that cannot work, before anything loads."""

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from difflens.models.loading import DEVICE_HELP, check_device, check_model_source
-from difflens.options import option, validate
+from difflens import pair_options
+from difflens.options import option
 
 #: How modules are ranked (and what the heat map shows): ‖ΔW‖_F, or ‖ΔW‖_F / ‖W_base‖_F.
 RANK_BY = ("norm", "relative")
 
 
 @dataclass
-class WeightsConfig:
+class WeightsConfig(pair_options.RunConfig):
     """Everything that determines a weight-space lens run (hashed to name its run dir).
 
     The fields are also the ``difflens weights`` flags (:mod:`difflens.options`)."""
 
-    base: str | None = option(None, cli=False, check=check_model_source,
-                              help="base model source; None = the adapter's / organism's "
-                                   "recorded base, else embedded gemma-3-270m")
-    finetuned: str | None = option(None, cli=False, check=check_model_source,
-                                   help="finetuned source: PEFT adapter dir, organism dir or "
-                                        "name, model dir; None = the shipped organism")
+    base: str | None = pair_options.base_model(
+        "base model source; None = the adapter's / organism's recorded base, else embedded "
+        "gemma-3-270m")
+    finetuned: str | None = pair_options.finetuned_model(
+        "finetuned source: PEFT adapter dir, organism dir or name, model dir; None = the "
+        "shipped organism")
     top_singular: int = option(8, min=1, help="singular values kept per module (default 8)")
     n_vectors: int = option(3, min=1, help="top singular vectors read out per module "
                                            "(default 3)")
@@ -33,11 +32,4 @@ class WeightsConfig:
     rank_by: str = option("norm", choices=RANK_BY,
                           help="rank modules by ‖ΔW‖_F (norm, default) or ‖ΔW‖_F/‖W_base‖_F "
                                "(relative)")
-    device: str = option("cpu", cli=False, check=check_device, help=DEVICE_HELP)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """One-line errors for values that cannot work, before anything is loaded or written."""
-        validate(self)
+    device: str = pair_options.device()
