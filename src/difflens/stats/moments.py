@@ -12,6 +12,12 @@ from typing import Any
 import torch
 
 
+def summing_device(x: torch.Tensor) -> torch.device:
+    """Where float64 sums of ``x`` are taken: ``x``'s own device, except on Apple's MPS, which
+    has no float64 (the CPU then)."""
+    return torch.device("cpu") if x.device.type == "mps" else x.device
+
+
 @dataclass
 class Moments:
     """Running mean and elementwise second central moment of vectors of shape ``shape``.
@@ -37,7 +43,7 @@ class Moments:
         and reducing it there in float64 cost more than the forward passes that made it.
         :meth:`to` brings them back to the CPU for merging and saving.
         """
-        x = x.detach().to(dtype=torch.float64)
+        x = x.detach().to(device=summing_device(x), dtype=torch.float64)
         n = x.shape[0]
         if n == 0:
             return
@@ -112,7 +118,7 @@ class DiffMoments:
         Accumulates on the activations' device (see :meth:`Moments.update`); call
         :meth:`to` ``("cpu")`` before merging across processes or saving.
         """
-        h_base = h_base.detach().to(dtype=torch.float64)
+        h_base = h_base.detach().to(summing_device(h_base), torch.float64)
         h_ft = h_ft.detach().to(h_base.device, torch.float64)
         delta = h_ft - h_base
         self.diff[layer].update(delta)
