@@ -29,3 +29,16 @@ def run_mode(script: str, mode: str, *args: str) -> dict:
 
 def emit(result: dict) -> None:
     print(json.dumps(result))
+
+
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``y = F + r × x`` over ``(x, y)`` points, e.g. the cost of a decoding step
+    against its rows; None without two distinct ``x``."""
+    import torch
+
+    if len({x for x, _ in points}) < 2:
+        return None
+    xs = torch.tensor([[1.0, x] for x, _ in points], dtype=torch.float64)
+    ys = torch.tensor([[y] for _, y in points], dtype=torch.float64)
+    fixed, slope = torch.linalg.lstsq(xs, ys).solution.flatten().tolist()
+    return fixed, slope

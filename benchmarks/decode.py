@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 import torch
+from _measure import fit_line
 
 from difflens.data.corpus import chat_prompts
 from difflens.data.padding import left_padded
@@ -128,12 +129,7 @@ def measure(pair: ModelPair, prompts: list[str], layer: int, vector: torch.Tenso
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     """Least squares ``ms = F + r × rows``."""
-    if len({b for b, _ in points}) < 2:
-        return None
-    x = torch.tensor([[1.0, b] for b, _ in points], dtype=torch.float64)
-    y = torch.tensor([[ms] for _, ms in points], dtype=torch.float64)
-    fixed, per_row = torch.linalg.lstsq(x, y).solution.flatten().tolist()
-    return fixed, per_row
+    return fit_line(points)
 
 
 def main() -> None:

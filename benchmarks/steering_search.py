@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import torch
+from _measure import fit_line
 
 from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
@@ -138,12 +139,7 @@ def fit_step_cost(batches: list[dict[str, Any]]) -> tuple[float, float] | None:
     counts).  Returns ``(F, r)`` in seconds."""
     points = [(b["rows"], b["seconds"] / (b["token_slots"] / b["rows"]))
               for b in batches if b["token_slots"]]
-    if len({rows for rows, _ in points}) < 2:
-        return None
-    x = torch.tensor([[1.0, rows] for rows, _ in points], dtype=torch.float64)
-    y = torch.tensor([[t] for _, t in points], dtype=torch.float64)
-    fixed, per_row = torch.linalg.lstsq(x, y).solution.flatten().tolist()
-    return fixed, per_row
+    return fit_line(points)
 
 
 def predicted_speedup(fixed: float, per_row: float, decisions: int, lookahead: int,
