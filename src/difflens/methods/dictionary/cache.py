@@ -35,6 +35,7 @@ from torch import Tensor
 
 from difflens.errors import DifflensError
 from difflens.io.artifacts import read_json
+from difflens.methods.dictionary.activation_stats import RunningStats
 
 FORMAT = "difflens-activation-cache"
 FORMAT_VERSION = 1
@@ -69,89 +70,6 @@ class ShardData(NamedTuple):
     acts: dict[int, Tensor]  # layer -> (N, 2, d) in the storage dtype
     seq: Tensor  # (N,) int64
     pos: Tensor  # (N,) int64
-
-
-class RunningStats:
-    """Per-model running mean and variance of activations ``(N, M, d)`` (float64, mergeable:
-    :meth:`merge` is Chan's parallel merge), plus the mean L2 norm per model and of
-    ``ft − base`` (the normalisation scales of a crosscoder and of a diff-SAE)."""
-
-    def __init__(self, n_models: int, d: int) -> None:
-        self.count = 0
-        self.mean = torch.zeros(n_models, d, dtype=torch.float64)
-        self.m2 = torch.zeros(n_models, d, dtype=torch.float64)
-        self.norm_sum = torch.zeros(n_models, dtype=torch.float64)
-        self.diff_norm_sum = 0.0
-
-    @classmethod
-    def of(cls, x: Tensor) -> RunningStats:
-        """Statistics of rows ``x`` ``(N, M, d)``, computed on ``x``'s device in float64 (two
-        passes: the mean, then squared deviations from it); returned on the CPU."""
-        n, n_models, d = x.shape
-        stats = cls(n_models, d)
-        if n == 0:
-            return stats
-        x = x.detach()
-        if x.device.type == "mps":  # no float64 there
-            x = x.cpu()
-        x64 = x.double()
-        mean = x64.sum(0) / n
-        stats.count = n
-        stats.mean = mean.cpu()
-        stats.m2 = (x64 - mean).pow_(2).sum(0).cpu()
-        stats.norm_sum = x64.norm(dim=-1).sum(0).cpu()
-        if n_models == 2:
-            stats.diff_norm_sum = float((x64[:, 1] - x64[:, 0]).norm(dim=-1).sum())
-        return stats
-
-    def merge(self, other: RunningStats) -> RunningStats:
-        """Fold ``other`` (statistics of other rows) into these (Chan's parallel merge, float64);
-        merging shards' statistics in shard order repeats exactly what a single pass did."""
-        if other.count == 0:
-            return self
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        self.mean += delta * (other.count / total)
-        self.m2 += other.m2 + delta.pow(2) * (self.count * other.count / total)
-        self.count = total
-        self.norm_sum += other.norm_sum
-        self.diff_norm_sum += other.diff_norm_sum
-        return self
-
-    def update(self, x: Tensor) -> None:
-        """Add rows ``x`` ``(N, M, d)``."""
-        self.merge(RunningStats.of(x))
-
-    @property
-    def variance(self) -> Tensor:
-        """``(M, d)`` population variance per coordinate."""
-        return self.m2 / max(self.count, 1)
-
-    @property
-    def mean_norm(self) -> Tensor:
-        """``(M,)`` mean ‖a^m‖."""
-        return self.norm_sum / max(self.count, 1)
-
-    @property
-    def diff_mean_norm(self) -> float:
-        """Mean ‖a^ft − a^base‖."""
-        return self.diff_norm_sum / max(self.count, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        # Python floats round-trip exactly through JSON, so a resumed run continues bit-exactly.
-        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
-                "norm_sum": self.norm_sum.tolist(), "diff_norm_sum": self.diff_norm_sum}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunningStats:
-        mean = torch.tensor(data["mean"], dtype=torch.float64)
-        stats = cls(mean.shape[0], mean.shape[1])
-        stats.count = int(data["count"])
-        stats.mean = mean
-        stats.m2 = torch.tensor(data["m2"], dtype=torch.float64)
-        stats.norm_sum = torch.tensor(data["norm_sum"], dtype=torch.float64)
-        stats.diff_norm_sum = float(data["diff_norm_sum"])
-        return stats
 
 
 def sha256_hex(data: bytes) -> str:
