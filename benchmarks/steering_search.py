@@ -37,10 +37,11 @@ from difflens.data.corpus import chat_prompts, load_texts
 from difflens.errors import DifflensError
 from difflens.methods.adl.collect_stage import collect
 from difflens.models.device import is_gpu
-from difflens.models.generation import SamplingConfig, base_perplexity
+from difflens.models.generation import SamplingConfig
 from difflens.models.loading import EMBEDDED, LoadOptions, load_causal_lm
 from difflens.models.pair import ModelPair
 from difflens.models.patchscope import unit_scaled
+from difflens.models.perplexity import base_perplexity
 from difflens.models.steering import SteeringConfig, search_strength
 
 # A fixed late layer: the benchmark times the search, not ADL's layer choice.

@@ -20,13 +20,13 @@ from difflens.methods.adl.steering import steering_stage
 from difflens.models.generation import (
     SamplingConfig,
     Steer,
-    base_perplexity,
     exp_sum,
     generate,
     sample_tokens,
 )
 from difflens.models.hooks import capture
 from difflens.models.pair import ModelPair
+from difflens.models.perplexity import base_perplexity
 from difflens.models.steering import (
     SteeringConfig,
     bisect,

@@ -75,7 +75,7 @@ def make_adl_grader(pair: ModelPair, config: ADLConfig) -> Any:
     llm = llm_config_from_fields(config.to_dict())
     if llm is not None:
         return make_grader(llm, check_reachable=True)
-    from difflens.models.generation import base_perplexity
+    from difflens.models.perplexity import base_perplexity
 
     return make_grader(None, perplexity=base_perplexity(pair))
 

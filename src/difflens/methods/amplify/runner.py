@@ -62,7 +62,7 @@ def make_graders(pair: ModelPair, config: AmplifyConfig, description: str | None
         if description:
             return grader, LLMRate(grader, description)
     else:
-        from difflens.models.generation import base_perplexity
+        from difflens.models.perplexity import base_perplexity
 
         grader = make_grader(None, perplexity=base_perplexity(pair))
     return grader, embedding_rate(config, description, ft_texts)

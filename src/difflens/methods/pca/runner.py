@@ -55,7 +55,7 @@ def make_grader(pair: ModelPair, config: PCAConfig) -> Any:
     llm = llm_config_from_fields(config.to_dict())
     if llm is not None:
         return factory(llm, check_reachable=True)
-    from difflens.models.generation import base_perplexity
+    from difflens.models.perplexity import base_perplexity
 
     return factory(None, perplexity=base_perplexity(pair))
 
