@@ -51,6 +51,13 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def add_run_dir_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--out`` (the run directory, default ``runs/KIND-<hash of the settings>``) and
+    ``--quiet`` (no progress bars): the flags every method command ends with."""
+    p.add_argument("--out", default=None, help=f"run directory (default runs/{kind}-<hash>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def add_llm_args(p: argparse.ArgumentParser) -> None:
     """Grader endpoint flags (any OpenAI-compatible server); offline graders without them."""
     import os

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args, load_options
+from difflens.cli_args import add_model_args, add_run_dir_args, load_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from difflens.cli_args import add_llm_args
 
     add_llm_args(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/amplify-<hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_dir_args(p, "amplify")
     p.set_defaults(handler=run)
     return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args
+from difflens.cli_args import add_model_args, add_run_dir_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,8 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from difflens.options import add_arguments
 
     add_arguments(p, KLConfig)  # every flag of the config, with its range and kind
-    p.add_argument("--out", default=None, help="run directory (default runs/kl-<hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_dir_args(p, "kl")
     p.set_defaults(handler=run)
     return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args
+from difflens.cli_args import add_model_args, add_run_dir_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from difflens.cli_args import add_llm_args  # the grader flags every command shares
 
     add_llm_args(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/mining-<hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_dir_args(p, "mining")
     p.set_defaults(handler=run)
     return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_llm_args, add_model_args
+from difflens.cli_args import add_llm_args, add_model_args, add_run_dir_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,8 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     add_arguments(p, PCAConfig)  # every flag of the config, with its range and kind
     add_llm_args(p)
-    p.add_argument("--out", default=None, help="run directory (default runs/pca-<hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_dir_args(p, "pca")
     p.set_defaults(handler=run)
     return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from difflens.cli_args import add_model_args, load_options, model_sources
+from difflens.cli_args import add_model_args, add_run_dir_args, load_options, model_sources
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,8 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from difflens.options import add_arguments
 
     add_arguments(p, WeightsConfig)
-    p.add_argument("--out", default=None, help="run directory (default runs/weights-<hash>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_dir_args(p, "weights")
     p.set_defaults(handler=run)
     return p
 
