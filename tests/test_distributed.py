@@ -256,3 +256,22 @@ def test_kl_and_pca_on_two_ranks_equal_one_process(tmp_path, tiny_dir, tiny_ft_d
     single = json.loads((tmp_path / "pca-single" / "contexts.json").read_text(encoding="utf-8"))
     dist = json.loads((tmp_path / "pca-dist" / "contexts.json").read_text(encoding="utf-8"))
     assert dist == single
+
+
+def test_torchrun_stop_is_one_error_line_that_no_stage_can_swallow(monkeypatch, capsys, tmp_path):
+    """torchrun's SIGTERM after another rank failed raises ``Stopped`` on rank 0: not a
+    DifflensError (a stage handling its own errors, like Diff Mining's "NMF skipped", would
+    otherwise carry on), printed by the CLI as the one error line, exit 2; outside a process
+    group ``leave`` just returns the code."""
+    import difflens.cli as cli
+
+    assert not issubclass(dd.Stopped, Exception)
+
+    def stopped(command):
+        raise dd.Stopped(f"stopped by torchrun after another rank failed; {dd.RESUME}")
+
+    monkeypatch.setattr(cli, "_init_distributed", stopped)
+    assert main(["weights", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"difflens: error: stopped by torchrun after another rank failed; {dd.RESUME}"]
+    assert dd.leave(3) == 3

@@ -51,16 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
+    from difflens import distributed
+
     try:
         _init_distributed(args.command)
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
     except DifflensError as exc:
         print(f"difflens: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
         print("difflens: interrupted; finished stages are kept and the next run resumes",
               file=sys.stderr)
-        return 130
+        code = 130
+    except distributed.Stopped as exc:  # torchrun ends the run after another rank failed
+        print(f"difflens: error: {exc}", file=sys.stderr)
+        code = 2
+    except (distributed.WorkerDone, distributed.PeerExit) as done:  # a torchrun rank's end
+        code = int(done.code or 0)
+    return distributed.leave(code)  # under torchrun: exit now, without gloo's teardown
 
 
 # Commands that shard their corpus over torchrun's ranks (difflens.distributed).

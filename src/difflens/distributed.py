@@ -36,6 +36,7 @@ its collection (:func:`fault_point`); with ``DIFFLENS_TEST_FAIL_MODE=exit`` it d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -72,6 +73,12 @@ class PeerExit(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(2)
+
+
+class Stopped(BaseException):
+    """torchrun's SIGTERM on rank 0 after another rank failed.  Not a :class:`DifflensError`,
+    so a stage that handles its own errors (e.g. "NMF skipped") cannot take it for one and
+    carry on; the CLI prints it as the run's one error line."""
 
 
 def launched() -> bool:
@@ -151,12 +158,32 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     if _failing:
         return
     if _rank_env() == 0:
-        raise DifflensError(f"stopped by torchrun after another rank failed; {RESUME}")
+        raise Stopped(f"stopped by torchrun after another rank failed; {RESUME}")
     raise PeerExit()
 
 
 def _rank_env() -> int:
     return int(os.environ.get("RANK", 0))
+
+
+def leave(code: int) -> int:
+    """End a torchrun process with ``code`` right away, once its command is over: stdio and log
+    handlers are flushed, then ``os._exit``.  Interpreter teardown with a gloo process group
+    sometimes aborted the process (SIGABRT, "terminate called without an active exception":
+    gloo's threads destroyed during finalisation, whether or not the group was destroyed first),
+    which turned a finished rank into a failed run.  Everything a rank writes is final (atomic)
+    before this point.  Outside torchrun (or before a group exists) this just returns ``code``."""
+    if "torch.distributed" not in sys.modules:
+        return code
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def end_collectives() -> None:
